@@ -1,0 +1,24 @@
+"""taming core: interfaces, registry, plugin discovery and config building.
+
+The core never imports an implementation; components live in plugins
+(``taming_plugins`` for the built-ins) and register themselves.
+"""
+
+from .config import build, load_config
+from .errors import (CheckpointError, ConfigError, PluginError, RegistryError, TamingError,
+                     TrainingError, ValidationError)
+from .interfaces import (Conditioner, Discriminator, Encoded, GANObjective, PerceptualLoss,
+                         Prior, PriorCache, Quantizer, QuantizerOutput, Sampler, Tokenizer)
+from .plugins import load_plugins, plugin_status
+from .registry import KINDS, Entry, available, create, entries, get, get_entry, register, unregister
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "KINDS", "Entry", "available", "build", "create", "entries", "get", "get_entry",
+    "load_config", "load_plugins", "plugin_status", "register", "unregister",
+    "Conditioner", "Discriminator", "Encoded", "GANObjective", "PerceptualLoss", "Prior",
+    "PriorCache", "Quantizer", "QuantizerOutput", "Sampler", "Tokenizer",
+    "CheckpointError", "ConfigError", "PluginError", "RegistryError", "TamingError",
+    "TrainingError", "ValidationError",
+]

@@ -1,0 +1,136 @@
+"""Build components from plain dict / YAML / JSON configs.
+
+Config form
+-----------
+A *component spec* is a mapping with a ``name`` key (a registered name) and the
+keyword arguments of that component. Its kind is the key it sits under, when that key
+is a registry kind (``quantizer``, ``tokenizer``, ``prior``, ``discriminator``,
+``sampler``, ``loss``, ``conditioner``); anywhere else, give the kind explicitly
+with a ``kind`` key. Specs nest: an argument that is itself a spec is built first::
+
+    tokenizer:
+      name: vqgan
+      quantizer: {name: ema, codebook_size: 1024}
+      discriminator: {name: patchgan}     # built as a discriminator
+      perceptual: {kind: loss, name: lpips}
+
+:func:`build` accepts either one spec (it must then say its ``kind``) or a mapping
+from kinds to specs, and returns the built object or a dict of them. Mappings that
+have no ``name`` (or sit under a non-kind key without ``kind``) are passed through
+as plain dicts; lists are walked element by element. Every error names the path of
+the offending key, e.g. ``tokenizer.quantizer.codebook_size``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Union
+
+from .errors import ConfigError, RegistryError
+from .registry import KINDS, get
+
+ConfigLike = Union[Mapping[str, Any], str, os.PathLike]
+
+
+def load_config(source: ConfigLike) -> dict[str, Any]:
+    """Read a YAML or JSON file (or copy a mapping) into a plain dict."""
+    if isinstance(source, Mapping):
+        return dict(source)
+    path = Path(source)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as exc:  # yaml.YAMLError / json.JSONDecodeError
+        raise ConfigError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
+                          f"{exc}") from None
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return dict(data)
+
+
+def _is_spec(value: Any, key: str) -> bool:
+    return isinstance(value, Mapping) and "name" in value and ("kind" in value or key in KINDS)
+
+
+def _check_kwargs(obj: Any, kwargs: dict[str, Any], path: str) -> None:
+    """Reject keyword arguments the constructor does not accept, naming them."""
+    try:
+        sig = inspect.signature(obj)
+    except (TypeError, ValueError):  # builtins without signatures: let the call decide
+        return
+    params = sig.parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [n for n, p in params.items()
+                if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    unknown = [k for k in kwargs if k not in accepted]
+    if unknown:
+        raise ConfigError(f"{path}.{unknown[0]}: unknown argument; {getattr(obj, '__name__', obj)} "
+                          f"accepts {', '.join(accepted) or 'no arguments'}")
+    missing = [n for n, p in params.items() if p.default is inspect.Parameter.empty
+               and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+               and n not in kwargs]
+    if missing:
+        raise ConfigError(f"{path}: missing required argument {missing[0]!r}")
+
+
+def _build_spec(spec: Mapping[str, Any], kind: str, path: str) -> Any:
+    name = spec["name"]
+    if not isinstance(name, str):
+        raise ConfigError(f"{path}.name: expected a registered name (string), got {name!r}")
+    try:
+        obj = get(kind, name)
+    except RegistryError as exc:
+        raise ConfigError(f"{path}.name: {exc}") from None
+    kwargs = {k: _build_value(v, k, f"{path}.{k}") for k, v in spec.items() if k not in ("name", "kind")}
+    _check_kwargs(obj, kwargs, path)
+    try:
+        return obj(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{path}: {kind} {name!r} rejected its arguments: {exc}") from exc
+
+
+def _build_value(value: Any, key: str, path: str) -> Any:
+    if _is_spec(value, key):
+        kind = value.get("kind", key)
+        if kind not in KINDS:
+            raise ConfigError(f"{path}.kind: unknown component kind {kind!r}; expected one of "
+                              f"{', '.join(KINDS)}")
+        return _build_spec(value, kind, path)
+    if isinstance(value, Mapping):
+        return {k: _build_value(v, k, f"{path}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_build_value(v, key, f"{path}[{i}]") for i, v in enumerate(value))
+    return value
+
+
+def build(config: ConfigLike) -> Any:
+    """Build components from a config (see module docstring for the form).
+
+    ``{"kind": "quantizer", "name": "vq", ...}`` returns the quantizer;
+    ``{"tokenizer": {...}, "prior": {...}}`` returns ``{"tokenizer": obj, "prior": obj}``.
+    """
+    cfg = load_config(config)
+    if "name" in cfg:
+        kind = cfg.get("kind")
+        if kind is None:
+            raise ConfigError("<root>: a top-level component needs a 'kind' key "
+                              f"(one of {', '.join(KINDS)}), or nest it under its kind")
+        if kind not in KINDS:
+            raise ConfigError(f"<root>.kind: unknown component kind {kind!r}; expected one of "
+                              f"{', '.join(KINDS)}")
+        return _build_spec(cfg, kind, "<root>")
+    return {k: _build_value(v, k, k) for k, v in cfg.items()}

@@ -1,0 +1,113 @@
+"""Safe, atomic reading and writing of weights and configs.
+
+* Weights are stored as safetensors (no pickle); configs and metadata as JSON.
+* Every write goes to a temporary file in the target directory, is flushed and
+  fsynced, then renamed over the target: a crash leaves either the old or the new
+  file, never a truncated one.
+* :func:`torch_load_safe` is the only place that reads ``.pt``/``.ckpt`` files, with
+  ``weights_only=True`` and an error message that says what the file was expected to be.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Iterator, Union
+
+import torch
+
+from .errors import CheckpointError
+
+PathLike = Union[str, os.PathLike]
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` on success."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_json(path: PathLike, data: Any) -> None:
+    """Atomically write ``data`` as indented JSON."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+
+
+def read_json(path: PathLike) -> Any:
+    """Read a JSON file with a clear error for missing or malformed files."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{p}: file not found")
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{p}: not valid JSON ({exc})") from None
+
+
+def save_tensors(path: PathLike, tensors: dict[str, torch.Tensor],
+                 metadata: dict[str, str] | None = None) -> None:
+    """Atomically save a flat dict of tensors as safetensors (shared storage is copied)."""
+    from safetensors.torch import save_file
+
+    flat = {k: v.detach().contiguous().cpu().clone() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(flat, str(tmp), metadata=metadata)
+
+
+def load_tensors(path: PathLike, device: Union[str, torch.device] = "cpu") -> dict[str, torch.Tensor]:
+    """Load a safetensors file; corrupt or foreign files raise :class:`CheckpointError`."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{p}: file not found")
+    try:
+        return load_file(str(p), device=str(device))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{p}: not a readable safetensors file ({exc})") from None
+
+
+def safetensors_metadata(path: PathLike) -> dict[str, str]:
+    """The string metadata stored in a safetensors header."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        return dict(fh.metadata() or {})
+
+
+def torch_load_safe(path: PathLike, what: str = "a PyTorch checkpoint") -> Any:
+    """``torch.load(..., weights_only=True)`` with readable errors.
+
+    Anything that is not a plain tensor/container file (a pickled class, a truncated
+    zip, a text file) raises :class:`CheckpointError` naming ``what`` was expected.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{p}: file not found (expected {what})")
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{p}: refused to load (expected {what}; it holds objects that "
+                              f"weights_only loading does not allow: {first})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{p}: corrupt or not {what} ({first})") from None

@@ -1,0 +1,175 @@
+"""The registry of named component implementations.
+
+Modelled on timm: :func:`register` is a decorator, :func:`create` the one front door,
+:func:`available` lists names with shell-style wildcards. Third-party packages add
+components through entry points (:mod:`taming_core.plugins`); those are discovered
+lazily on the first look-up.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import functools
+import importlib.metadata
+import inspect
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, TypeVar
+
+from .errors import RegistryError
+
+#: Component kinds known to the registry.
+KINDS: tuple[str, ...] = (
+    "quantizer", "tokenizer", "prior", "discriminator", "sampler", "loss", "conditioner",
+)
+
+BUILTIN_DISTRIBUTION = "taming"
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered implementation."""
+
+    kind: str
+    name: str
+    obj: Callable[..., Any]
+    origin: str          # "built-in", "<distribution> <version>" or "local (<module>)"
+    description: str     # first line of the docstring
+
+
+_REGISTRY: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
+
+
+def _closest(word: str, options: list[str]) -> str:
+    matches = difflib.get_close_matches(word, options, n=3, cutoff=0.4)
+    if matches:
+        return "did you mean " + " or ".join(repr(m) for m in matches) + "?"
+    return "registered: " + (", ".join(sorted(options)) if options else "none")
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in _REGISTRY:
+        raise RegistryError(f"unknown component kind {kind!r}; {_closest(kind, list(KINDS))}")
+
+
+@functools.lru_cache(maxsize=None)
+def _distributions_by_package() -> dict[str, list[str]]:
+    return dict(importlib.metadata.packages_distributions())
+
+
+def _origin_of(obj: Callable[..., Any]) -> str:
+    """Name the distribution that provides ``obj`` (from its top-level package)."""
+    module = getattr(obj, "__module__", None) or "__main__"
+    top = module.split(".")[0]
+    dists = _distributions_by_package().get(top)
+    if not dists and top in sys.modules:  # installed after the cache was filled
+        _distributions_by_package.cache_clear()
+        dists = _distributions_by_package().get(top)
+    if not dists:
+        return f"local ({module})"
+    dist = dists[0]
+    if dist == BUILTIN_DISTRIBUTION:
+        return "built-in"
+    try:
+        version = importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - racy uninstall
+        version = "?"
+    return f"{dist} {version}"
+
+
+def _same_object(a: Any, b: Any) -> bool:
+    """True for the same object, or the same definition imported again (module reload)."""
+    if a is b:
+        return True
+    key = lambda o: (getattr(o, "__module__", None), getattr(o, "__qualname__", None))  # noqa: E731
+    return key(a) == key(b) and key(a)[1] is not None
+
+
+def register(kind: str, name: str, *, override: bool = False,
+             description: Optional[str] = None) -> Callable[[T], T]:
+    """Decorator registering a class or factory function under ``kind``/``name``.
+
+    Registering a different object under a taken name raises unless ``override=True``.
+    """
+    _check_kind(kind)
+    if not isinstance(name, str) or not name:
+        raise RegistryError(f"register({kind!r}, ...): the name must be a non-empty string, got {name!r}")
+
+    def decorator(obj: T) -> T:
+        if not callable(obj):
+            raise RegistryError(f"register({kind!r}, {name!r}): expected a class or function, got {obj!r}")
+        existing = _REGISTRY[kind].get(name)
+        if existing is not None and not override and not _same_object(existing.obj, obj):
+            raise RegistryError(
+                f"{kind} {name!r} is already registered by {existing.obj.__module__}."
+                f"{getattr(existing.obj, '__qualname__', existing.obj)} ({existing.origin}); "
+                f"pass override=True to replace it")
+        doc = description or (inspect.getdoc(obj) or "").strip().splitlines()
+        desc = doc if isinstance(doc, str) else (doc[0] if doc else "")
+        _REGISTRY[kind][name] = Entry(kind, name, obj, _origin_of(obj), desc)  # type: ignore[arg-type]
+        return obj
+
+    return decorator
+
+
+def unregister(kind: str, name: str) -> None:
+    """Remove an entry (mainly for tests and interactive sessions)."""
+    _check_kind(kind)
+    _REGISTRY[kind].pop(name, None)
+
+
+def _ensure_plugins() -> None:
+    from . import plugins  # local import: plugins imports this module
+
+    plugins.autoload()
+
+
+def get_entry(kind: str, name: str) -> Entry:
+    """Return the :class:`Entry` for ``kind``/``name`` or raise with the closest names."""
+    _check_kind(kind)
+    _ensure_plugins()
+    try:
+        return _REGISTRY[kind][name]
+    except KeyError:
+        raise RegistryError(
+            f"unknown {kind} {name!r}; {_closest(name, list(_REGISTRY[kind]))}") from None
+
+
+def get(kind: str, name: str) -> Callable[..., Any]:
+    """The registered class or factory (not instantiated)."""
+    return get_entry(kind, name).obj
+
+
+def create(kind: str, name: str, **kwargs: Any) -> Any:
+    """Instantiate the component registered as ``kind``/``name`` with ``kwargs``."""
+    return get(kind, name)(**kwargs)
+
+
+def available(kind: Optional[str] = None, pattern: str = "*") -> list[str]:
+    """Sorted registered names matching ``pattern`` (fnmatch wildcards).
+
+    With ``kind=None`` every kind is searched and names come as ``"kind/name"``.
+    """
+    if kind is not None:
+        _check_kind(kind)
+    _ensure_plugins()
+    kinds = [kind] if kind is not None else list(KINDS)
+    out: list[str] = []
+    for k in kinds:
+        for name in _REGISTRY[k]:
+            if fnmatch.fnmatchcase(name, pattern):
+                out.append(name if kind is not None else f"{k}/{name}")
+    return sorted(out)
+
+
+def entries(kind: Optional[str] = None, pattern: str = "*") -> list[Entry]:
+    """Like :func:`available` but returns :class:`Entry` records (origin, description)."""
+    if kind is not None:
+        _check_kind(kind)
+    _ensure_plugins()
+    kinds = [kind] if kind is not None else list(KINDS)
+    return [e for k in kinds for n, e in sorted(_REGISTRY[k].items())
+            if fnmatch.fnmatchcase(n, pattern)]

@@ -1,0 +1,1 @@
+"""One module per ``taming`` sub-command; see :mod:`taming_plugins.cli`."""

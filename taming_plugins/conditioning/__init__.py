@@ -1,0 +1,1 @@
+"""Built-in conditioning (each module registers itself)."""

@@ -1,0 +1,1 @@
+"""Datasets: image folders and the bundled real images."""

@@ -1,0 +1,1 @@
+"""Built-in discriminators (each module registers itself)."""

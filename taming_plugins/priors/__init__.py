@@ -1,0 +1,1 @@
+"""Built-in priors (each module registers itself)."""

@@ -1,0 +1,1 @@
+"""Built-in quantizers (each module registers itself)."""

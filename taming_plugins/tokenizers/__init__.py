@@ -1,0 +1,1 @@
+"""Built-in tokenizers (each module registers itself)."""
