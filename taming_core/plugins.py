@@ -14,6 +14,7 @@ A plugin that fails is reported once as a warning and recorded in
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 import threading
@@ -53,8 +54,14 @@ def _target(ep: entrypoints.EntryPoint) -> str:
 
 
 def _dist(ep: entrypoints.EntryPoint) -> tuple[str, str]:
+    """(name, version) of the distribution declaring ``ep``, as its METADATA spells them."""
     d = ep.distro
-    return (getattr(d, "name", None) or "?", getattr(d, "version", None) or "?")
+    name, version = getattr(d, "name", None) or "?", getattr(d, "version", None) or "?"
+    try:  # entrypoints reports the folder name (underscored); prefer the real project name
+        name = importlib.metadata.distribution(name).metadata["Name"] or name
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    return name, version
 
 
 def _load_one(ep: entrypoints.EntryPoint) -> PluginStatus:

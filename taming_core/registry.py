@@ -13,7 +13,6 @@ import fnmatch
 import functools
 import importlib.metadata
 import inspect
-import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, TypeVar
 
@@ -56,21 +55,22 @@ def _check_kind(kind: str) -> None:
 
 
 @functools.lru_cache(maxsize=None)
-def _distributions_by_package() -> dict[str, list[str]]:
-    return dict(importlib.metadata.packages_distributions())
+def _distribution_of_package(top: str) -> Optional[str]:
+    """The distribution that installs top-level package ``top`` (None for scripts/tests).
+
+    Cached per package: scanning installed distributions is slow, and the answer for a
+    package cannot change once it has been imported.
+    """
+    dists = importlib.metadata.packages_distributions().get(top)
+    return dists[0] if dists else None
 
 
 def _origin_of(obj: Callable[..., Any]) -> str:
     """Name the distribution that provides ``obj`` (from its top-level package)."""
     module = getattr(obj, "__module__", None) or "__main__"
-    top = module.split(".")[0]
-    dists = _distributions_by_package().get(top)
-    if not dists and top in sys.modules:  # installed after the cache was filled
-        _distributions_by_package.cache_clear()
-        dists = _distributions_by_package().get(top)
-    if not dists:
+    dist = _distribution_of_package(module.split(".")[0])
+    if dist is None:
         return f"local ({module})"
-    dist = dists[0]
     if dist == BUILTIN_DISTRIBUTION:
         return "built-in"
     try:

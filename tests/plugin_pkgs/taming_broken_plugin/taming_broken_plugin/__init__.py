@@ -1,0 +1,3 @@
+"""A deliberately broken plugin: importing it raises."""
+
+raise RuntimeError("this plugin is broken on purpose")
