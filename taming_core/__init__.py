@@ -9,16 +9,17 @@ from .errors import (CheckpointError, ConfigError, PluginError, RegistryError, T
                      TrainingError, ValidationError)
 from .interfaces import (Conditioner, Discriminator, Encoded, GANObjective, PerceptualLoss,
                          Prior, PriorCache, Quantizer, QuantizerOutput, Sampler, Tokenizer)
+from .pipeline import Pipeline
 from .plugins import load_plugins, plugin_status
-from .registry import KINDS, Entry, available, create, entries, get, get_entry, register, unregister
+from .registry import KINDS, Entry, available, create, entries, get, get_entry, register, spec_of, unregister
 
 __version__ = "0.1.0"
 
 __all__ = [
     "KINDS", "Entry", "available", "build", "create", "entries", "get", "get_entry",
-    "load_config", "load_plugins", "plugin_status", "register", "unregister",
+    "load_config", "load_plugins", "plugin_status", "register", "spec_of", "unregister",
     "Conditioner", "Discriminator", "Encoded", "GANObjective", "PerceptualLoss", "Prior",
-    "PriorCache", "Quantizer", "QuantizerOutput", "Sampler", "Tokenizer",
+    "Pipeline", "PriorCache", "Quantizer", "QuantizerOutput", "Sampler", "Tokenizer",
     "CheckpointError", "ConfigError", "PluginError", "RegistryError", "TamingError",
     "TrainingError", "ValidationError",
 ]

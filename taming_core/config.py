@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from .errors import ConfigError, RegistryError
-from .registry import KINDS, get
+from .registry import KINDS, get, remember_spec
 
 ConfigLike = Union[Mapping[str, Any], str, os.PathLike]
 
@@ -96,11 +96,12 @@ def _build_spec(spec: Mapping[str, Any], kind: str, path: str) -> Any:
     kwargs = {k: _build_value(v, k, f"{path}.{k}") for k, v in spec.items() if k not in ("name", "kind")}
     _check_kwargs(obj, kwargs, path)
     try:
-        return obj(**kwargs)
+        built = obj(**kwargs)
     except ConfigError:
         raise
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{path}: {kind} {name!r} rejected its arguments: {exc}") from exc
+    return remember_spec(built, kind, name, kwargs)
 
 
 def _build_value(value: Any, key: str, path: str) -> Any:

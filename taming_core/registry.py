@@ -143,9 +143,46 @@ def get(kind: str, name: str) -> Callable[..., Any]:
     return get_entry(kind, name).obj
 
 
+SPEC_ATTR = "_taming_spec"
+
+
+def _describe(value: Any) -> Any:
+    """Replace built components inside ``value`` by their specs (JSON-able where possible)."""
+    nested = spec_of(value)
+    if nested is not None:
+        return nested
+    if isinstance(value, dict):
+        return {k: _describe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_describe(v) for v in value]
+    return value
+
+
+def remember_spec(obj: Any, kind: str, name: str, kwargs: dict[str, Any]) -> Any:
+    """Record on ``obj`` the spec it was built from, so it can be saved and rebuilt."""
+    try:
+        setattr(obj, SPEC_ATTR, {"kind": kind, "name": name, **_describe(kwargs)})
+    except (AttributeError, TypeError):  # immutable results (tuples, builtins) carry no spec
+        pass
+    return obj
+
+
+def spec_of(obj: Any) -> Optional[dict[str, Any]]:
+    """The config spec of a component: its ``get_config()``, else the spec it was created
+    from by :func:`create`/:func:`taming_core.build`, else None."""
+    get_config = getattr(obj, "get_config", None)
+    if callable(get_config) and not isinstance(obj, type):
+        return dict(get_config())
+    spec = getattr(obj, SPEC_ATTR, None)
+    return dict(spec) if isinstance(spec, dict) else None
+
+
 def create(kind: str, name: str, **kwargs: Any) -> Any:
-    """Instantiate the component registered as ``kind``/``name`` with ``kwargs``."""
-    return get(kind, name)(**kwargs)
+    """Instantiate the component registered as ``kind``/``name`` with ``kwargs``.
+
+    The result remembers its spec (see :func:`spec_of`).
+    """
+    return remember_spec(get(kind, name)(**kwargs), kind, name, kwargs)
 
 
 def available(kind: Optional[str] = None, pattern: str = "*") -> list[str]:
