@@ -92,6 +92,19 @@ def safetensors_metadata(path: PathLike) -> dict[str, str]:
         return dict(fh.metadata() or {})
 
 
+#: First bytes of the two formats torch.save writes: a zip archive or a legacy pickle.
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
+
+
+def _reason(exc: BaseException) -> str:
+    """The informative line of a torch.load error (the unpickler's, when present)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for ln in lines:
+        if "WeightsUnpickler error" in ln:
+            return ln.split("WeightsUnpickler error:", 1)[1].strip()
+    return lines[0] if lines else type(exc).__name__
+
+
 def torch_load_safe(path: PathLike, what: str = "a PyTorch checkpoint") -> Any:
     """``torch.load(..., weights_only=True)`` with readable errors.
 
@@ -101,12 +114,14 @@ def torch_load_safe(path: PathLike, what: str = "a PyTorch checkpoint") -> Any:
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"{p}: file not found (expected {what})")
+    with open(p, "rb") as fh:
+        head = fh.read(4)
+    if not head.startswith(_TORCH_MAGIC):
+        raise CheckpointError(f"{p}: not {what} (the file is not in a format torch.save writes)")
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{p}: refused to load (expected {what}; it holds objects that "
-                              f"weights_only loading does not allow: {first})") from None
+                              f"weights_only loading does not allow: {_reason(exc)})") from None
     except Exception as exc:  # noqa: BLE001 - a corrupt file can fail anywhere in unpickling
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{p}: corrupt or not {what} ({first})") from None
+        raise CheckpointError(f"{p}: corrupt or not {what} ({_reason(exc)})") from None

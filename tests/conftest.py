@@ -12,7 +12,8 @@ TESTS = Path(__file__).parent
 FIXTURES = TESTS / "fixtures" / "taming_reference"
 sys.path.insert(0, str(TESTS))
 
-torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+# Tests use small tensors: one thread avoids threading overhead and oversubscription.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

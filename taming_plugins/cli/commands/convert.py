@@ -1,0 +1,68 @@
+"""``taming convert``: original taming-transformers checkpoints <-> our format.
+
+Usage::
+
+    taming convert IN.ckpt OUT_DIR [--config original.yaml]
+        Load an original VQModel/GumbelVQ checkpoint (architecture from the YAML, or
+        inferred from the weights without --config) and write OUT_DIR/model.safetensors,
+        OUT_DIR/config.json (buildable with taming_core.build) and OUT_DIR/original.json.
+
+    taming convert IN_DIR --to-taming OUT.ckpt [--config-out OUT.yaml]
+        The way back: a converted directory (or one written by our tools in that layout)
+        -> an original Lightning .ckpt (+ the original YAML config).
+
+Exit codes: 0 success, 1 unreadable/incompatible checkpoint, 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ...compat import load_converted, load_taming_checkpoint, save_converted, save_taming_checkpoint
+from ...compat.vqgan import TamingCheckpoint
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="convert original taming-transformers checkpoints",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("source", help="original .ckpt (or, with --to-taming, a converted directory)")
+    p.add_argument("out_dir", nargs="?", help="output directory for the converted checkpoint")
+    p.add_argument("--config", help="original YAML config of IN.ckpt (default: infer from the weights)")
+    p.add_argument("--to-taming", metavar="OUT.ckpt", help="write an original .ckpt from SOURCE (a "
+                   "converted directory) instead")
+    p.add_argument("--config-out", metavar="OUT.yaml",
+                   help="with --to-taming: also write the original YAML config here")
+    p.set_defaults(func=run, _parser=p)
+
+
+def _describe(ckpt: TamingCheckpoint) -> str:
+    tok = ckpt.tokenizer
+    disc = "with" if ckpt.discriminator is not None else "without"
+    return (f"{ckpt.kind}: f{tok.downsample_factor}, {tok.vocab_size} codes, embed_dim {tok.embed_dim}, "
+            f"{disc} discriminator")
+
+
+def run(args: argparse.Namespace) -> int:
+    parser: argparse.ArgumentParser = args._parser
+    if args.to_taming:
+        if args.out_dir is not None or args.config is not None:
+            parser.error("--to-taming takes SOURCE (a converted directory) only; OUT_DIR and "
+                         "--config do not apply")
+        ckpt = load_converted(args.source)
+        save_taming_checkpoint(args.to_taming, ckpt.tokenizer, ckpt.discriminator,
+                               config_path=args.config_out)
+        print(f"wrote {args.to_taming} ({_describe(ckpt)})")
+        return 0
+    if args.out_dir is None:
+        parser.error("OUT_DIR is required (or use --to-taming OUT.ckpt)")
+    if args.config_out is not None:
+        parser.error("--config-out only applies with --to-taming")
+    ckpt = load_taming_checkpoint(args.source, args.config)
+    if not isinstance(ckpt, TamingCheckpoint):
+        raise ValueError(f"{args.source}: only VQModel/GumbelVQ checkpoints can be converted, got "
+                         f"{type(ckpt).__name__}")
+    out = save_converted(args.out_dir, ckpt, source=str(Path(args.source)))
+    how = "inferred config" if ckpt.inferred else f"config {args.config}"
+    print(f"wrote {out} ({_describe(ckpt)}; {how}; ignored {len(ckpt.ignored_keys)} keys)")
+    return 0
