@@ -1,0 +1,66 @@
+"""Shared base of the built-in conditioners: the null condition and frozen sub-models."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from torch import Tensor, nn
+
+from taming_core import Conditioner
+from taming_core.errors import ValidationError
+
+
+class ConditionerBase(Conditioner):
+    """A :class:`~taming_core.Conditioner` that may define a *null* condition id.
+
+    The null id stands for "no condition": classifier-free guidance training replaces
+    a sample's condition tokens by it (see :mod:`.transforms`) and guided sampling uses
+    it for the unconditional branch.
+    """
+
+    #: True when :meth:`forward` returns a B×h×w grid aligned with the image grid.
+    spatial: bool = False
+
+    @property
+    def null_id(self) -> Optional[int]:
+        """The local id of the null condition, or None when there is none."""
+        return None
+
+    def null_condition(self, tokens: Tensor) -> Tensor:
+        """Condition tokens shaped like ``tokens`` that all hold the null id."""
+        null = self.null_id
+        if null is None:
+            raise ValidationError(
+                f"{type(self).__name__} has no null condition; enable it (e.g. null_token=True) "
+                "to train with classifier-free guidance dropout")
+        return torch.full_like(tokens, null)
+
+    def extra_repr(self) -> str:
+        return f"vocab_size={self.vocab_size}, null_id={self.null_id}"
+
+
+def batch_size_of(condition: Any, name: str) -> int:
+    """Batch size of an int, a tensor (its first dim) or a sequence (its length)."""
+    if isinstance(condition, bool):
+        raise ValidationError(f"{name}: expected a batch size, a tensor or a sequence, got a bool")
+    if isinstance(condition, int):
+        if condition <= 0:
+            raise ValidationError(f"{name}: expected a batch size > 0, got {condition}")
+        return condition
+    if isinstance(condition, Tensor):
+        if condition.dim() == 0:
+            raise ValidationError(f"{name}: expected a batched tensor, got a 0-d tensor")
+        return int(condition.shape[0])
+    if isinstance(condition, (list, tuple)):
+        return len(condition)
+    raise ValidationError(f"{name}: expected a batch size, a tensor or a sequence, "
+                          f"got {type(condition).__name__}")
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """Put ``module`` in eval mode and stop gradients to its parameters."""
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module

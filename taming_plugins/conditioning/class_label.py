@@ -1,0 +1,55 @@
+"""``class_label``: one token per class id, plus a null id for classifier-free guidance."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from taming_core import register
+from taming_core.errors import ValidationError
+from taming_core.validation import check_positive, check_tensor
+
+from ._base import ConditionerBase
+
+
+@register("conditioner", "class_label")
+class ClassLabelConditioner(ConditionerBase):
+    """Class id ``y`` -> the single token ``y`` (B×1); the null id is ``num_classes``.
+
+    Args:
+        num_classes: labels lie in ``[0, num_classes)``.
+        null_token: reserve id ``num_classes`` for "no class" (classifier-free guidance);
+            the vocabulary is then ``num_classes + 1`` ids.
+    """
+
+    def __init__(self, num_classes: int, *, null_token: bool = True) -> None:
+        super().__init__()
+        check_positive(num_classes, "class_label(num_classes)")
+        self.num_classes = int(num_classes)
+        self.null_token = bool(null_token)
+        self.register_buffer("_device_probe", torch.zeros(0), persistent=False)
+
+    def forward(self, condition: Union[Tensor, Sequence[int]]) -> Tensor:
+        """Long B (or B×1) labels, or a list of ints -> Long B×1 tokens."""
+        labels = condition
+        if not isinstance(labels, Tensor):
+            if not isinstance(labels, (list, tuple)) or not all(
+                    isinstance(v, int) and not isinstance(v, bool) for v in labels):
+                raise ValidationError("class_label(condition): expected an integer tensor of shape B "
+                                      f"or a list of ints, got {type(condition).__name__}")
+            labels = torch.tensor(list(labels), dtype=torch.long, device=self._device_probe.device)
+        if labels.dim() == 2 and labels.shape[1] == 1:
+            labels = labels[:, 0]
+        check_tensor(labels, "class_label(condition)", dims=("B",), dtype="integer",
+                     value_range=(0, self.num_classes - 1))
+        return labels.long().unsqueeze(1)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.num_classes + (1 if self.null_token else 0)
+
+    @property
+    def null_id(self) -> Optional[int]:
+        return self.num_classes if self.null_token else None
