@@ -25,6 +25,19 @@ from .errors import CheckpointError
 PathLike = Union[str, os.PathLike]
 
 
+#: Permissions of a new file before the umask is applied (what open() would use).
+_DEFAULT_MODE = 0o666
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()  # read once: os.umask is process-wide and not thread-safe
+
+
 @contextlib.contextmanager
 def atomic_path(path: PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` on success."""
@@ -33,6 +46,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, _DEFAULT_MODE & ~_UMASK)  # mkstemp makes 0600 files
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
