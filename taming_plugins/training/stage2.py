@@ -50,7 +50,9 @@ from taming_plugins.cli.common import resolve_device, seed_everything
 
 from ._prior_io import load_frozen_tokenizer, save_image_grid
 from .checkpoint import CheckpointManager
-from .loop import DataStream, Progress, check_finite
+from .distributed import (ShardedDataStream, barrier, init_distributed, local_device, main_process_first,
+                          maybe_compile, reduce_metrics, with_fast_kernels, wrap_ddp)
+from .loop import Progress, check_finite
 from .metrics import MetricsLogger
 from .token_cache import TokenCache, build_token_cache
 
@@ -64,6 +66,8 @@ CACHE_DIR = "token_cache"
 #: Seed mixing for the per-step generators of pkeep/CFG dropout and sampling.
 _STEP_SEED_MIX = 1_000_003
 _SAMPLE_SEED_OFFSET = 7_919
+#: Separates the per-rank pkeep/CFG-dropout streams under DDP (rank 0 keeps offset 0).
+_RANK_SEED_OFFSET = 2 ** 40
 PRECISIONS = ("fp32", "bf16")
 
 __all__ = ["PriorTrainConfig", "PriorTrainer", "TokenDataset", "TrainedPrior", "load_frozen_tokenizer",
@@ -89,6 +93,9 @@ class PriorTrainConfig:
         pkeep: probability of keeping each input image token (original ``pkeep``).
         cfg_drop: probability of replacing a sample's condition by the null condition.
         sampler: sampler spec for the periodic sample grids.
+        fused: Adam kernels: ``auto`` (fused on CUDA, foreach on CPU) or false.
+        compile: ``torch.compile`` the prior (true, or a backend name); default off.
+        distributed: ``auto`` (DDP when launched by torchrun) or ``off``; see docs/scaling.md.
     """
 
     out_dir: str
@@ -123,6 +130,9 @@ class PriorTrainConfig:
     cache_dir: Optional[str] = None
     encode_batch_size: int = 32
     progress: bool = True
+    fused: Any = "auto"
+    compile: Any = False
+    distributed: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("image_size", "steps", "batch_size", "log_every", "ckpt_every", "sample_every",
@@ -196,6 +206,9 @@ class PriorTrainer:
         cfg = self.config
         self.out_dir = Path(cfg.out_dir)
         self.device = resolve_device(cfg.device)
+        self.dist = init_distributed(self.device, mode=cfg.distributed)  # DDP under torchrun
+        self.device = local_device(self.device, self.dist)
+        self.is_main_process = self.dist.is_main_process
         if tokenizer is None and cfg.tokenizer is None:
             raise ConfigError("tokenizer: required; give a stage-1 checkpoint directory or an "
                               "original .ckpt")
@@ -207,15 +220,19 @@ class PriorTrainer:
             conditioner = self._build_conditioner(cfg.conditioner)
         self.conditioner = conditioner.eval().to(self.device)
         self.dataset = dataset if dataset is not None else self._build_dataset()
-        self.cache = self._build_cache()
+        with main_process_first():  # rank 0 tokenizes; the other ranks then reuse its cache
+            self.cache = self._build_cache()
         self.layout = VocabLayout(self.tokenizer.vocab_size, self.conditioner.vocab_size, cfg.cond_offset)
         self.cond_len = int(self.cache.cond.shape[1]) if self.cache.cond is not None else 0
         self.seq_len = self.cond_len + int(self.cache.tokens.shape[1])
         seed_everything(cfg.seed)  # the prior's initial weights depend on the seed only
         self.prior = self._build_prior().to(self.device)
-        self.optimizer = self._build_optimizer()
-        self.stream = DataStream(TokenDataset(self.cache), cfg.batch_size, seed=cfg.seed)
-        self.manager = CheckpointManager(self.out_dir, keep_last=cfg.keep_last)
+        self.optimizer = with_fast_kernels(self._build_optimizer(), self.device, cfg.fused)
+        self.model: nn.Module = maybe_compile(wrap_ddp(self.prior, self.device), cfg.compile)
+        self.stream = ShardedDataStream(TokenDataset(self.cache), cfg.batch_size, seed=cfg.seed,
+                                        rank=self.dist.rank, world_size=self.dist.world_size)
+        self.manager = CheckpointManager(self.out_dir, keep_last=cfg.keep_last,
+                                         is_main_process=self.is_main_process)
         self.step = 0
 
     # ------------------------------------------------------------------ building
@@ -276,9 +293,11 @@ class PriorTrainer:
                 "conditioner": self._conditioner_spec, "tokenizer": self.config.tokenizer}
 
     def _save(self, metrics: Mapping[str, float]) -> Optional[Path]:
-        return self.manager.save(self.step, modules={"prior": self.prior},
+        path = self.manager.save(self.step, modules={"prior": self.prior},
                                  optimizers={"prior": self.optimizer}, stateful={"data": self.stream},
                                  config=self.run_config(), metrics=metrics)
+        barrier()  # rank 0 has written it before any rank goes on (or resumes from it)
+        return path
 
     def resume(self, which: Union[str, PathLike] = "latest") -> int:
         """Restore prior, optimizer, data position and RNG from a checkpoint; returns its step."""
@@ -308,7 +327,7 @@ class PriorTrainer:
         seq = torch.cat([self.layout.cond_to_prior(cond), inputs], dim=1)
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
         with autocast:
-            logits = self.prior(seq[:, :-1])
+            logits = self.model(seq[:, :-1])  # the DDP wrapper under torchrun
         logits = logits[:, self.cond_len - 1:].float() if self.cond_len else logits.float()
         targets = tokens if self.cond_len else tokens[:, 1:]
         return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
@@ -317,7 +336,8 @@ class PriorTrainer:
         tokens, cond = (t.to(self.device, non_blocking=True) for t in batch)
         for group in self.optimizer.param_groups:
             group["lr"] = self._lr_at(self.step)
-        loss = self.loss_on(tokens, cond, generator=_step_generator(self.config.seed, self.step))
+        loss = self.loss_on(tokens, cond, generator=_step_generator(
+            self.config.seed, self.step, self.dist.rank * _RANK_SEED_OFFSET))
         if not bool(torch.isfinite(loss.detach())):  # NaN guard; names the last good checkpoint
             last = self.manager.latest()
             check_finite({"loss": loss}, step=self.step + 1, last_checkpoint=str(last) if last else None)
@@ -341,25 +361,27 @@ class PriorTrainer:
                 log.info("no checkpoint in %s; starting from scratch", self.out_dir)
             else:
                 self.resume("latest" if resume is True else resume)
-        metrics_log = MetricsLogger(self.out_dir / METRICS_FILE, resume_step=self.step if resume else None)
+        metrics_log = MetricsLogger(self.out_dir / METRICS_FILE, resume_step=self.step if resume else None,
+                                    is_main_process=self.is_main_process)
         self.prior.train()
-        bar = Progress(cfg.steps, start=self.step, enabled=cfg.progress, desc="train-prior")
+        bar = Progress(cfg.steps, start=self.step, enabled=cfg.progress and self.is_main_process,
+                       desc="train-prior")
         window: list[float] = []
         last: dict[str, float] = {}
         batches = iter(self.stream)
         try:
             while self.step < cfg.steps:
-                with torch.random.fork_rng(devices=[]):  # DataLoader set-up draws from the
-                    batch = next(batches)                # global RNG; keep it off the trajectory
+                batch = next(batches)  # DataStream keeps the global RNG untouched (resume equality)
                 window.append(self._train_step(batch))
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                    last = {"loss": sum(window) / len(window), "lr": self._lr_at(self.step - 1)}
+                    last = reduce_metrics({"loss": sum(window) / len(window),  # mean over ranks
+                                           "lr": self._lr_at(self.step - 1)}, self.device)
                     metrics_log.log(self.step, last)
                     window.clear()
                 bar.update({"loss": last.get("loss", math.nan)})
                 if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
                     self._save(last)
-                if self.step % cfg.sample_every == 0 or self.step == cfg.steps:
+                if self.is_main_process and (self.step % cfg.sample_every == 0 or self.step == cfg.steps):
                     self.write_samples()
         finally:
             bar.close()

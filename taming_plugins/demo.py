@@ -1,0 +1,460 @@
+"""``taming demo``: both stages of Taming Transformers end to end, small enough for a laptop.
+
+:func:`run_demo` trains a small VQGAN on crops of the bundled photos (stage 1,
+:class:`~taming_plugins.training.stage1.TokenizerTrainer`), a small GPT prior on their
+tokens (stage 2, :class:`~taming_plugins.training.stage2.PriorTrainer`), composes the
+two into a :class:`~taming_core.Pipeline` and writes into ``out``:
+
+* ``reconstructions.png`` — held-out crops (top row) above their reconstructions;
+* ``samples.png`` — unconditional samples on the training token grid;
+* ``sliding_window.png`` — a sample on a grid ``window_scale``² times the training
+  window's area, drawn with the ``sliding_window`` sampler;
+* ``overview.png`` — the three above in one picture (the README's image);
+* ``metrics.json`` — PSNR/SSIM on held-out crops, codebook usage % and perplexity,
+  the prior's held-out perplexity, sampling tokens/s and the time of every phase;
+* ``pipeline/`` — the trained pipeline (:meth:`Pipeline.save`), for ``taming sample``;
+* ``tokenizer/`` and ``prior/`` — the two training runs (checkpoints, metrics.jsonl).
+
+The defaults live in ``taming_plugins/configs/demo.yaml``; :func:`resolve_demo_config`
+merges a user config and flag overrides into them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterator, Optional, Union
+
+import torch
+from torch import Tensor
+
+import taming_core
+from taming_core import Pipeline, Prior, Sampler, Tokenizer
+from taming_core.config import load_config
+from taming_core.errors import ConfigError
+from taming_core.io import write_json
+from taming_core.validation import check_choice, check_positive
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG_FILE = "demo.yaml"
+DEFAULT_OUT = "runs/demo"
+#: Top-level keys of a demo config and the keys of its sections.
+TOP_KEYS = ("data", "image_size", "seed", "device", "threads", "tokenizer", "stage1", "stage2",
+            "sampling", "eval")
+SECTION_KEYS = {
+    "stage1": ("steps", "batch_size", "learning_rate", "disc_start_fraction", "disc_weight",
+               "discriminator", "perceptual"),
+    "stage2": ("steps", "batch_size", "lr", "train_images", "prior"),
+    "sampling": ("num_samples", "temperature", "top_k", "window_scale", "sliding_policy",
+                 "sliding_samples"),
+    "eval": ("val_images", "show_images"),
+}
+#: Values of ``stage1.perceptual`` besides a loss spec.
+PERCEPTUAL_AUTO, PERCEPTUAL_NONE = "auto", "none"
+#: Number of metric records each training run logs (log interval = steps / this).
+LOG_RECORDS = 20
+#: Nearest-neighbour upscaling of the small demo images in ``overview.png``.
+OVERVIEW_SCALE = 3
+#: Gap between panels of ``overview.png`` in pixels, and its background (white).
+OVERVIEW_GAP = 8
+OVERVIEW_BACKGROUND = (255, 255, 255)
+#: Caption strip above the panels of ``overview.png``: height, font size, colour (captions
+#: use ASCII only: the default font has no "×").
+OVERVIEW_CAPTION_HEIGHT = 24
+OVERVIEW_FONT_SIZE = 14
+OVERVIEW_TEXT = (0, 0, 0)
+#: Images per batch when evaluating held-out crops.
+EVAL_BATCH = 16
+#: Output file names.
+FILES = {"reconstructions": "reconstructions.png", "samples": "samples.png",
+         "sliding_window": "sliding_window.png", "overview": "overview.png",
+         "metrics": "metrics.json", "pipeline": "pipeline"}
+
+
+@dataclass
+class DemoResult:
+    """What :func:`run_demo` produced: file paths by kind and the metrics written to JSON."""
+
+    out: Path
+    files: dict[str, Path]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    pipeline: Optional[Pipeline] = None
+
+
+# --------------------------------------------------------------------------- config
+def default_demo_config() -> dict[str, Any]:
+    """The shipped ``demo.yaml`` as a dict."""
+    text = resources.files("taming_plugins.configs").joinpath(DEFAULT_CONFIG_FILE).read_text("utf-8")
+    import yaml
+
+    return dict(yaml.safe_load(text))
+
+
+def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep merge; a component spec (a mapping with ``name``) replaces the base one."""
+    out = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) and "name" not in value:
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def resolve_demo_config(config: Optional[Union[Mapping[str, Any], str, Path]] = None,
+                        **overrides: Any) -> dict[str, Any]:
+    """Defaults + ``config`` (dict or YAML/JSON file) + ``overrides``, validated.
+
+    ``overrides`` use dotted names with ``__`` for the dot, e.g. ``stage1__steps=100``,
+    or top-level keys (``image_size=64``); ``None`` values are ignored.
+    """
+    cfg = default_demo_config()
+    if config is not None:
+        user = load_config(config)
+        unknown = [k for k in user if k not in TOP_KEYS]
+        if unknown:
+            raise ConfigError(f"{unknown[0]}: unknown demo config key; expected one of {', '.join(TOP_KEYS)}")
+        cfg = _merge(cfg, user)
+    for name, value in overrides.items():
+        if value is None:
+            continue
+        section, _, key = name.partition("__")
+        if key:
+            cfg.setdefault(section, {})[key] = value
+        else:
+            cfg[section] = value
+    for section, keys in SECTION_KEYS.items():
+        extra = [k for k in cfg[section] if k not in keys]
+        if extra:
+            raise ConfigError(f"{section}.{extra[0]}: unknown key; expected one of {', '.join(keys)}")
+    _validate(cfg)
+    return cfg
+
+
+def _validate(cfg: Mapping[str, Any]) -> None:
+    for path in ("image_size", "threads", "stage1.steps", "stage1.batch_size", "stage2.steps",
+                 "stage2.batch_size", "stage2.train_images", "sampling.num_samples",
+                 "sampling.window_scale", "sampling.sliding_samples", "eval.val_images",
+                 "eval.show_images"):
+        section, _, key = path.partition(".")
+        value = cfg[section][key] if key else cfg[section]
+        check_positive(value, path)
+    check_positive(cfg["seed"], "seed", allow_zero=True)
+    fraction = cfg["stage1"]["disc_start_fraction"]
+    if not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
+        raise ConfigError(f"stage1.disc_start_fraction: expected a number in [0, 1], got {fraction!r}")
+    check_choice(cfg["sampling"]["sliding_policy"], "sampling.sliding_policy", ("cached", "taming"))
+    if not isinstance(cfg["tokenizer"], Mapping) or "name" not in cfg["tokenizer"]:
+        raise ConfigError(f"tokenizer: expected a spec with a 'name', got {cfg['tokenizer']!r}")
+
+
+def perceptual_choice(setting: Any) -> tuple[Optional[dict[str, Any]], str]:
+    """The stage-1 perceptual loss spec for ``setting`` and a sentence saying what was used.
+
+    ``"auto"`` uses LPIPS when torchvision's VGG16 weights are on disk (they are never
+    downloaded); without them the demo trains on L1 + quantizer + GAN losses only, and
+    says so, rather than using LPIPS with a random backbone.
+    """
+    if setting is None or setting == PERCEPTUAL_NONE:
+        return None, "none (disabled in the config)"
+    if setting == PERCEPTUAL_AUTO:
+        from taming_plugins.losses.lpips import default_backbone_path
+
+        path = default_backbone_path("vgg")
+        if path.is_file():
+            return {"name": "lpips"}, f"lpips (VGG16 backbone from {path})"
+        return None, f"none (LPIPS backbone weights not found at {path}; never downloaded)"
+    if isinstance(setting, Mapping) and "name" in setting:
+        return dict(setting), f"{setting['name']} (from the config)"
+    raise ConfigError(f"stage1.perceptual: expected 'auto', 'none' or a loss spec, got {setting!r}")
+
+
+def _dataset_kwargs(data: str, length: int) -> dict[str, Any]:
+    """``length`` only applies to the bundled photos (they are drawn, not enumerated)."""
+    return {"length": length} if str(data) == "photos" else {}
+
+
+def _prior_dataset(cfg: Mapping[str, Any]) -> Any:
+    """The first ``stage2.train_images`` training images (the bundled photos draw that many
+    crops; other data sets are cut, so Fashion-MNIST is not tokenized in full)."""
+    from torch.utils.data import Subset
+
+    from taming_plugins.data import get_dataset
+
+    n = int(cfg["stage2"]["train_images"])
+    dataset = get_dataset(cfg["data"], int(cfg["image_size"]), split="train",
+                          **_dataset_kwargs(cfg["data"], n))
+    return Subset(dataset, range(n)) if len(dataset) > n else dataset  # type: ignore[arg-type]
+
+
+def _log_every(steps: int) -> int:
+    return max(steps // LOG_RECORDS, 1)
+
+
+# --------------------------------------------------------------------------- stages
+def stage1_config(cfg: Mapping[str, Any], out: Path, perceptual: Optional[dict[str, Any]],
+                  progress: bool) -> dict[str, Any]:
+    """The :mod:`~taming_plugins.training.stage1_config` run config of the demo tokenizer."""
+    s1, steps = cfg["stage1"], int(cfg["stage1"]["steps"])
+    return {
+        "tokenizer": {**cfg["tokenizer"], "resolution": int(cfg["image_size"])},
+        "loss": {"name": "vqgan", "perceptual": perceptual, "discriminator": s1["discriminator"],
+                 "disc_start": int(round(float(s1["disc_start_fraction"]) * steps)),
+                 "disc_weight": float(s1["disc_weight"])},
+        "data": {"train": str(cfg["data"]), "image_size": int(cfg["image_size"]),
+                 "batch_size": int(s1["batch_size"]), "val_batches": 1},
+        "optim": {"learning_rate": float(s1["learning_rate"])},
+        "train": {"steps": steps, "seed": int(cfg["seed"]), "out": str(out), "device": str(cfg["device"]),
+                  "log_every": _log_every(steps), "val_every": steps, "image_every": steps,
+                  "ckpt_every": steps, "keep_last": 1, "progress": progress},
+    }
+
+
+def stage2_config(cfg: Mapping[str, Any], out: Path, progress: bool) -> dict[str, Any]:
+    """The :class:`~taming_plugins.training.stage2.PriorTrainConfig` of the demo prior."""
+    s2, smp, steps = cfg["stage2"], cfg["sampling"], int(cfg["stage2"]["steps"])
+    return {
+        "out_dir": str(out), "data": str(cfg["data"]), "image_size": int(cfg["image_size"]),
+        "data_kwargs": _dataset_kwargs(cfg["data"], int(s2["train_images"])),
+        "prior": dict(s2["prior"]), "conditioner": {"name": "sos"}, "steps": steps,
+        "batch_size": int(s2["batch_size"]), "lr": float(s2["lr"]), "log_every": _log_every(steps),
+        "ckpt_every": steps, "sample_every": steps, "num_samples": int(smp["num_samples"]),
+        "sampler": {"name": "autoregressive", "temperature": float(smp["temperature"]),
+                    "top_k": smp["top_k"]},
+        "keep_last": 1, "seed": int(cfg["seed"]), "device": str(cfg["device"]), "progress": progress,
+    }
+
+
+# --------------------------------------------------------------------------- measurements
+@torch.no_grad()
+def held_out_metrics(pipeline: Pipeline, images: Tensor, device: torch.device) -> dict[str, float]:
+    """PSNR/SSIM/codebook statistics of the tokenizer and the prior's perplexity on
+    held-out float N×3×H×W ``images`` (reuses :func:`taming_plugins.eval.evaluate`)."""
+    from taming_plugins.eval import TensorImages, evaluate
+
+    report = evaluate(pipeline.tokenizer, TensorImages(images), metrics=("psnr", "ssim", "usage"),
+                      batch_size=EVAL_BATCH, device=device, progress=False)
+    out = {"psnr_db": report.metrics["psnr"], "ssim": report.metrics["ssim"],
+           "codebook_usage_pct": report.metrics["usage_pct"],
+           "codebook_perplexity": report.metrics["perplexity"]}
+    if pipeline.prior is not None:
+        losses = []
+        for batch in images.split(EVAL_BATCH):
+            batch = batch.to(device)
+            tokens = pipeline.tokenize(batch).reshape(batch.shape[0], -1)
+            cond = pipeline.condition_tokens(None, batch.shape[0])
+            losses.append(float(pipeline.prior.loss(tokens, condition=cond)) * batch.shape[0])
+        mean = sum(losses) / images.shape[0]
+        out["prior_val_loss"] = mean
+        out["prior_perplexity"] = math.exp(mean)
+    return out
+
+
+@torch.no_grad()
+def timed_sample(pipeline: Pipeline, sampler: Sampler, n: int, grid: tuple[int, int],
+                 seed: int) -> tuple[Tensor, float]:
+    """Sample ``n`` images on ``grid``; returns (images, sampled tokens per second).
+
+    The timing covers the sampler only (not decoding), so it measures the prior.
+    """
+    assert pipeline.prior is not None
+    device = next(pipeline.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    cond = pipeline.condition_tokens(None, n)
+    start = time.perf_counter()
+    tokens = sampler.sample(pipeline.prior, grid=grid, batch_size=n, condition=cond, generator=generator)
+    elapsed = time.perf_counter() - start
+    return pipeline.detokenize(tokens), n * grid[0] * grid[1] / max(elapsed, 1e-9)
+
+
+def sampler_spec(cfg: Mapping[str, Any], vocab_limit: int, *, window: Optional[int] = None) -> dict[str, Any]:
+    """The autoregressive (``window=None``) or sliding-window sampler spec of the demo."""
+    smp = cfg["sampling"]
+    top_k = min(int(smp["top_k"]), vocab_limit) if smp["top_k"] is not None else None
+    common = {"temperature": float(smp["temperature"]), "top_k": top_k, "vocab_limit": vocab_limit}
+    if window is None:
+        return {"name": "autoregressive", **common}
+    return {"name": "sliding_window", "window": window, "policy": smp["sliding_policy"], **common}
+
+
+# --------------------------------------------------------------------------- images
+def _to_pil(images: Tensor, nrow: int) -> Any:
+    """Float B×3×H×W in [-1, 1] -> one PIL grid image (torchvision's make_grid, 2 px padding)."""
+    from PIL import Image
+    from torchvision.utils import make_grid
+
+    grid = make_grid(((images.detach().float().cpu() + 1) / 2).clamp(0, 1), nrow=nrow, pad_value=1.0)
+    return Image.fromarray((grid.permute(1, 2, 0) * 255).round().byte().numpy())
+
+
+def compose_overview(recon_grid: Tensor, samples: Tensor, sliding: Tensor, path: Path, nrow: int,
+                     captions: tuple[str, str]) -> Path:
+    """One PNG: inputs/reconstructions and samples (left), the large sliding-window sample
+    (right), each under a one-line caption."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    from taming_core.io import atomic_path
+
+    left = _to_pil(torch.cat([recon_grid, samples]), nrow)
+    left = left.resize((left.width * OVERVIEW_SCALE, left.height * OVERVIEW_SCALE), Image.NEAREST)
+    side = left.height
+    right = _to_pil(sliding[:1], 1).resize((side, side), Image.NEAREST)
+    top = OVERVIEW_CAPTION_HEIGHT
+    canvas = Image.new("RGB", (left.width + OVERVIEW_GAP + side, side + top), OVERVIEW_BACKGROUND)
+    canvas.paste(left, (0, top))
+    canvas.paste(right, (left.width + OVERVIEW_GAP, top))
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=OVERVIEW_FONT_SIZE)
+    for x, text in ((0, captions[0]), (left.width + OVERVIEW_GAP, captions[1])):
+        draw.text((x + OVERVIEW_GAP // 2, top // 2), text, fill=OVERVIEW_TEXT, font=font, anchor="lm")
+    with atomic_path(path) as tmp:
+        canvas.save(tmp, format="PNG")
+    return path
+
+
+# --------------------------------------------------------------------------- the demo
+class PhaseTimer:
+    """Wall-clock and process CPU seconds of named phases (CPU time shows the cost of a
+    run independently of other load on a shared machine)."""
+
+    def __init__(self) -> None:
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            self.wall[name] = round(time.perf_counter() - wall, 2)
+            self.cpu[name] = round(time.process_time() - cpu, 2)
+
+
+def _train(cfg: Mapping[str, Any], out: Path, progress: bool, timer: PhaseTimer) -> tuple[Pipeline, str]:
+    """Stage 1 then stage 2; returns the composed pipeline and the perceptual-loss note."""
+    from taming_plugins.training.stage1 import TokenizerTrainer
+    from taming_plugins.training.stage2 import PriorTrainer
+
+    perceptual, perceptual_text = perceptual_choice(cfg["stage1"]["perceptual"])
+    log.info("stage 1/2: training the tokenizer (%d steps; perceptual loss: %s)",
+             cfg["stage1"]["steps"], perceptual_text)
+    with timer.phase("stage1"):
+        trainer1 = TokenizerTrainer(stage1_config(cfg, out / "tokenizer", perceptual, progress))
+        trainer1.fit()
+    tokenizer: Tokenizer = trainer1.tokenizer.eval()
+    log.info("stage 2/2: training the prior (%d steps on the tokens of %d crops)",
+             cfg["stage2"]["steps"], cfg["stage2"]["train_images"])
+    with timer.phase("stage2"):
+        trainer2 = PriorTrainer(stage2_config(cfg, out / "prior", progress), tokenizer=tokenizer,
+                                dataset=_prior_dataset(cfg))
+        trainer2.fit()
+    prior: Prior = trainer2.prior.eval()
+    grid = (int(trainer2.cache.grid[0]), int(trainer2.cache.grid[1]))
+    sampler = taming_core.create("sampler", **sampler_spec(cfg, tokenizer.vocab_size))
+    pipeline = Pipeline(tokenizer, prior, sampler, trainer2.conditioner,
+                        cond_offset=trainer2.layout.cond_offset, grid=grid)
+    return pipeline.eval(), perceptual_text
+
+
+def run_demo(config: Optional[Union[Mapping[str, Any], str, Path]] = None,
+             out: Union[str, Path] = DEFAULT_OUT,
+             *, progress: bool = True, **overrides: Any) -> DemoResult:
+    """Train both stages and write the demo outputs into ``out`` (see the module docstring).
+
+    ``config`` and ``overrides`` are merged into the defaults by :func:`resolve_demo_config`.
+    """
+    from taming_plugins.cli.common import resolve_device, seed_everything
+    from taming_plugins.data import get_dataset
+    from taming_plugins.training._prior_io import save_image_grid
+
+    cfg = resolve_demo_config(config, **overrides)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {k: out / v for k, v in FILES.items()}
+    device = resolve_device(str(cfg["device"]))
+    torch.set_num_threads(int(cfg["threads"]))
+    seed_everything(int(cfg["seed"]))
+    seed, timer = int(cfg["seed"]), PhaseTimer()
+    with timer.phase("total"):
+        pipeline, perceptual_text = _train(cfg, out, progress, timer)
+        pipeline.save(files["pipeline"])
+        grid = pipeline.grid
+        assert grid is not None
+        log.info("evaluating on %d held-out crops and sampling", cfg["eval"]["val_images"])
+        with timer.phase("eval"):
+            val = get_dataset(cfg["data"], int(cfg["image_size"]), split="val",
+                              **_dataset_kwargs(cfg["data"], int(cfg["eval"]["val_images"])))
+            n_val = min(int(cfg["eval"]["val_images"]), len(val))  # type: ignore[arg-type]
+            images = torch.stack([val[i] for i in range(n_val)])
+            metrics: dict[str, Any] = held_out_metrics(pipeline, images, device)
+            shown = images[:int(cfg["eval"]["show_images"])].to(device)
+            recon_grid = torch.cat([shown, pipeline.reconstruct(shown)[0]])
+            save_image_grid(recon_grid, files["reconstructions"], nrow=shown.shape[0])
+        with timer.phase("sampling"):
+            samples, metrics["sampling_tokens_per_s"] = timed_sample(
+                pipeline, pipeline.sampler, int(cfg["sampling"]["num_samples"]), grid, seed)
+            save_image_grid(samples, files["samples"], nrow=shown.shape[0])
+            scale = int(cfg["sampling"]["window_scale"])
+            big = (grid[0] * scale, grid[1] * scale)
+            sliding_sampler = taming_core.create(
+                "sampler", **sampler_spec(cfg, pipeline.tokenizer.vocab_size, window=min(grid)))
+            sliding, metrics["sliding_window_tokens_per_s"] = timed_sample(
+                pipeline, sliding_sampler, int(cfg["sampling"]["sliding_samples"]), big, seed)
+            save_image_grid(sliding, files["sliding_window"], nrow=sliding.shape[0])
+            captions = (f"held-out crops / reconstructions / samples ({grid[0]}x{grid[1]} tokens)",
+                        f"sliding window, {big[0]}x{big[1]} tokens")
+            compose_overview(recon_grid, samples, sliding, files["overview"], nrow=shown.shape[0],
+                             captions=captions)
+    metrics["seconds"] = dict(timer.wall)
+    metrics["cpu_seconds"] = dict(timer.cpu)
+    metrics["settings"] = {
+        "data": str(cfg["data"]), "image_size": int(cfg["image_size"]), "token_grid": list(grid),
+        "sliding_window_grid": list(big), "sliding_window": min(grid),
+        "sliding_policy": cfg["sampling"]["sliding_policy"], "codebook_size": pipeline.tokenizer.vocab_size,
+        "stage1_steps": int(cfg["stage1"]["steps"]), "stage2_steps": int(cfg["stage2"]["steps"]),
+        "perceptual_loss": perceptual_text, "val_images": n_val, "device": str(device),
+        "threads": torch.get_num_threads(), "seed": seed, "torch": torch.__version__,
+    }
+    write_json(files["metrics"], metrics)
+    return DemoResult(out=out, files=files, metrics=metrics, pipeline=pipeline)
+
+
+#: Rows of the printed summary: (label, metrics key, format).
+SUMMARY_ROWS = (
+    ("held-out PSNR (dB)", "psnr_db", "{:.2f}"),
+    ("held-out SSIM", "ssim", "{:.3f}"),
+    ("codebook usage (%)", "codebook_usage_pct", "{:.1f}"),
+    ("codebook perplexity", "codebook_perplexity", "{:.1f}"),
+    ("prior held-out perplexity", "prior_perplexity", "{:.1f}"),
+    ("sampling (tokens/s)", "sampling_tokens_per_s", "{:.0f}"),
+    ("sliding-window sampling (tokens/s)", "sliding_window_tokens_per_s", "{:.0f}"),
+)
+
+
+def summary_table(result: DemoResult) -> str:
+    """A plain-text table of the headline metrics, timings and output files."""
+    m = result.metrics
+    rows = [(label, fmt.format(m[key])) for label, key, fmt in SUMMARY_ROWS if key in m]
+    settings = m.get("settings", {})
+    if settings:
+        rows.append(("token grid / sliding-window grid",
+                     f"{'×'.join(map(str, settings['token_grid']))} / "
+                     f"{'×'.join(map(str, settings['sliding_window_grid']))}"))
+        rows.append(("perceptual loss", str(settings["perceptual_loss"]).split(" (")[0]))
+    cpu = m.get("cpu_seconds", {})
+    rows += [(f"time: {k} (s, wall / cpu)", f"{v:.1f} / {cpu[k]:.1f}" if k in cpu else f"{v:.1f}")
+             for k, v in m.get("seconds", {}).items()]
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{label:<{width}}  {value}" for label, value in rows]
+    lines.append("")
+    lines += [f"wrote {path}" for path in result.files.values()]
+    return "\n".join(lines)
