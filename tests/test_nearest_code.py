@@ -17,7 +17,7 @@ SETTINGS = settings(max_examples=40, deadline=None, derandomize=True)
 @given(n=st.integers(1, 70), k=st.integers(1, 90), dim=st.integers(1, 20),
        dups=st.integers(0, 5), seed=st.integers(0, 2**16))
 def test_matches_float64_bruteforce_small_blocks(n, k, dim, dups, seed, monkeypatch_module):
-    """Tiny blocks force several row and code blocks and both merge branches."""
+    """Tiny blocks force several row blocks, code blocks and winning blocks per row block."""
     z, e = random_problem(n, k, dim, dups, seed)
     idx, dist = nearest_code(z, e, backend="torch", return_distance=True)
     check_against_oracle(z, e, idx)
@@ -29,7 +29,7 @@ def test_matches_float64_bruteforce_small_blocks(n, k, dim, dups, seed, monkeypa
 def monkeypatch_module():
     """Shrink the torch backend's blocks for the whole module (hypothesis-friendly)."""
     mp = pytest.MonkeyPatch()
-    mp.setattr(nearest, "TORCH_BLOCK_ELEMENTS", 7 * 8)
+    mp.setattr(nearest, "TORCH_BLOCK_ROWS", 7)
     mp.setattr(nearest, "TORCH_BLOCK_CODES", 8)
     yield mp
     mp.undo()

@@ -4,10 +4,10 @@ Two backends share one public entry point, :func:`nearest_code`:
 
 * ``"torch"`` (any device): row blocks × code blocks of one matmul each, with the
   code norms folded into the matmul (``[-2z, 1]·[e, ‖e‖²]ᵀ = ‖e‖² - 2 z·e``, so no
-  broadcast bias copy), and a running minimum.  The cheap vectorised ``amin`` finds
-  each block's minimum; the slower index search (``argmin``) runs only on the rows
-  whose minimum improved, so most blocks cost matmul + ``amin``.  Extra memory is one
-  block (``TORCH_BLOCK_ELEMENTS`` floats) plus O(N) bookkeeping, whatever N×K is.
+  broadcast bias copy). A first pass keeps only each block's row minima (cheap
+  vectorised ``amin`` on a cache-resident block); a second pass recomputes each row's
+  winning block to find the index, so the slow index search sees 1/num_blocks of the
+  distances. Extra memory is one 4 MiB block plus O(N) bookkeeping, whatever N×K is.
 * ``"triton"`` (CUDA, or CPU under ``TRITON_INTERPRET=1``): a fused kernel that never
   writes the distance matrix (see ``_triton_nearest.py``).
 
@@ -31,14 +31,13 @@ from ..validation import check_choice, check_tensor
 
 log = logging.getLogger(__name__)
 
-#: Elements of the torch backend's distance block (32 MiB of fp32).  Smaller, cache-sized
-#: blocks lost on the shared 2-core test machine: with many short multi-threaded ops,
-#: every op waits for the slower thread, so fewer, larger ops measured ~3x faster there.
-TORCH_BLOCK_ELEMENTS = 8 * 1024 * 1024
-#: Codes per block of the torch backend; rows per block = TORCH_BLOCK_ELEMENTS // this.
-TORCH_BLOCK_CODES = 4096
-#: Above this fraction of improved rows, one full-block argmin beats a row gather.
-FULL_ARGMIN_FRACTION = 0.125
+#: Rows of ``z`` per block of the torch backend.
+TORCH_BLOCK_ROWS = 2048
+#: Codes per block of the torch backend: a 2048×512 fp32 block is 4 MiB, small enough to
+#: stay in cache between the matmul that writes it and the minimum that reads it.
+TORCH_BLOCK_CODES = 512
+#: Cap on the per-row table of block minima (elements); bounds memory for huge codebooks.
+TORCH_MAX_BLOCK_MINIMA = 4 * 1024 * 1024
 BACKENDS = ("auto", "torch", "triton")
 
 
@@ -49,48 +48,54 @@ def _augmented_codebook(codebook: Tensor) -> Tensor:
 
 
 def _nearest_torch(z: Tensor, codebook: Tensor) -> tuple[Tensor, Tensor]:
-    """Blocked matmul + running minimum; returns (Long N indices, fp32 N ``‖e‖²-2z·e``)."""
+    """Two-pass blocked search; returns (Long N indices, fp32 N ``‖e‖²-2z·e``).
+
+    Pass 1 computes, per row block, every code block's distances (one matmul into a
+    cache-sized buffer) and keeps only each block's row minima (a fast vectorised
+    ``amin``). The winning block of each row is the first block holding its minimum.
+    Pass 2 groups rows by winning block and recomputes just that block for them to
+    find the index. The index search (slow on CPU) thus touches 1/num_blocks of the
+    distances, and the extra matmul work is one block width per row.
+    """
     n, dim = z.shape
     k = codebook.shape[0]
     cols = min(k, TORCH_BLOCK_CODES)
-    rows = max(1, min(n, TORCH_BLOCK_ELEMENTS // cols))
+    n_blocks = -(-k // cols)
+    rows = max(1, min(n, TORCH_BLOCK_ROWS, TORCH_MAX_BLOCK_MINIMA // n_blocks))
     e_aug = _augmented_codebook(codebook)
     best_idx = torch.empty(n, dtype=torch.long, device=z.device)
     best_val = torch.empty(n, dtype=torch.float32, device=z.device)
     block = torch.empty(rows * cols, dtype=torch.float32, device=z.device)
     z_aug = torch.ones(rows, dim + 1, dtype=torch.float32, device=z.device)
+    minima = torch.empty(rows, n_blocks, dtype=torch.float32, device=z.device)
     for r0 in range(0, n, rows):
         rr = min(rows, n - r0)
         zb = z_aug[:rr]
         torch.mul(z[r0:r0 + rr], -2.0, out=zb[:, :dim])  # upcasts bf16/fp16 blockwise
-        val, idx = best_val[r0:r0 + rr], best_idx[r0:r0 + rr]
-        for c0 in range(0, k, cols):
+        mins = minima[:rr]
+        for j in range(n_blocks):  # pass 1: block minima only
+            c0 = j * cols
             cc = min(cols, k - c0)
             d = block[:rr * cc].view(rr, cc)
             torch.mm(zb, e_aug[:, c0:c0 + cc], out=d)
-            if c0 == 0:
-                torch.amin(d, 1, out=val)
-                torch.argmin(d, 1, out=idx)
+            torch.amin(d, 1, out=mins[:, j])
+        winner = mins.argmin(1)  # first block holding the minimum: ties go low
+        order = torch.argsort(winner, stable=True)
+        counts = torch.bincount(winner, minlength=n_blocks).tolist()
+        start = 0
+        for j, count in enumerate(counts):  # pass 2: index inside the winning block
+            if count == 0:
                 continue
-            _merge_block(d, c0, val, idx)
+            sel = order[start:start + count]
+            start += count
+            c0 = j * cols
+            cc = min(cols, k - c0)
+            d = block[:count * cc].view(count, cc)
+            torch.mm(zb.index_select(0, sel), e_aug[:, c0:c0 + cc], out=d)
+            val, idx = torch.min(d, 1)
+            best_idx[r0 + sel] = idx + c0
+            best_val[r0 + sel] = val
     return best_idx, best_val
-
-
-def _merge_block(d: Tensor, offset: int, val: Tensor, idx: Tensor) -> None:
-    """Fold block ``d`` (columns ``offset``...) into the running ``val``/``idx`` in place."""
-    block_min = d.amin(1)
-    better = block_min < val  # strict: an equal later code never beats a lower index
-    improved = better.nonzero().squeeze(1)
-    count = improved.numel()
-    if count == 0:
-        return
-    if count > FULL_ARGMIN_FRACTION * d.shape[0]:
-        block_idx = d.argmin(1).add_(offset)
-        idx.copy_(torch.where(better, block_idx, idx))
-        torch.minimum(val, block_min, out=val)
-    else:
-        idx[improved] = d.index_select(0, improved).argmin(1).add_(offset)
-        val[improved] = block_min[improved]
 
 
 def _triton_usable(z: Tensor) -> bool:
