@@ -17,15 +17,6 @@ from taming_plugins.priors.gpt import GPT
 FIXTURE = "net2net_gpt_small"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest (and immune to oversubscription) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def original(fixtures_dir_module):
     d = fixtures_dir_module

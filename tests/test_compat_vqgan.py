@@ -21,15 +21,6 @@ from taming_plugins.tokenizers.vqgan import VQGANTokenizer
 ATOL = 1e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Small convolutions run fastest on one thread (and far faster on a loaded machine)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 # --------------------------------------------------------------------------- reference fixture
 @pytest.fixture(scope="module")
 def reference_io():

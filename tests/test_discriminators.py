@@ -13,15 +13,6 @@ from taming_plugins.discriminators._actnorm import ActNorm
 from taming_plugins.discriminators.patchgan import PatchGANDiscriminator
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Small convolutions run fastest on one thread (and far faster on a loaded machine)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_registered():
     assert {"patchgan", "timm_features"} <= set(taming_core.available("discriminator"))
 

@@ -15,13 +15,6 @@ from taming_plugins.priors.gpt import GPT, GPTCache
 FIXTURE = "net2net_gpt_small"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest (and immune to oversubscription) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 CONFIGS = [
     dict(vocab_size=17, block_size=24, n_layer=1, n_head=1, n_embd=8),
     dict(vocab_size=33, block_size=40, n_layer=3, n_head=4, n_embd=32),

@@ -14,15 +14,6 @@ from taming_plugins.samplers.sliding_window import strided_start
 FIXTURE = "net2net_gpt_small"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest (and immune to oversubscription) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def random_prior(vocab: int = 12, block: int = 64, n_layer: int = 2, n_head: int = 2,
                  n_embd: int = 16, seed: int = 0) -> GPT:
     torch.manual_seed(seed)

@@ -16,15 +16,6 @@ SMALL = dict(ch=32, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[8], z_ch
              resolution=16, embed_dim=4, n_embed=16)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Small convolutions run fastest on one thread (and far faster on a loaded machine)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def small_tokenizer(**overrides) -> VQGANTokenizer:
     kwargs = {**SMALL, "quantizer": {"name": "vq", "legacy_beta": True}, **overrides}
     return taming_core.create("tokenizer", "vqgan", **kwargs)
