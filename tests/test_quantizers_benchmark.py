@@ -39,3 +39,19 @@ def test_every_default_quantizer_trains_evaluates_and_plots(tmp_path):
 def test_unknown_quantizer_name_fails_before_training():
     with pytest.raises(KeyError, match="unknown quantizer"):
         bench.main(["--quantizers", "vqq", "--no-peers", "--steps", "1"])
+
+
+def test_rfid_column_on_held_out_images():
+    """With the eval extra, ``--rfid-images`` adds a finite rFID computed by the bundled network."""
+    from taming_plugins.eval import fid_available
+
+    ok, reason = fid_available()
+    if not ok:
+        pytest.skip(f"eval extra not installed: {reason}")
+    gen = torch.Generator().manual_seed(1)
+    data = ImageSet("tiny", torch.rand(8, 3, 8, 8, generator=gen) * 2 - 1,
+                    torch.rand(4, 3, 8, 8, generator=gen) * 2 - 1, "random")
+    spec = bench.default_spec("vq")
+    row = bench.train_one("vq", lambda: bench.build_quantizer(spec, TINY.steps), data, TINY, seed=0,
+                          rfid_images=2)
+    assert row["rfid"] == row["rfid"] and row["rfid"] >= 0  # finite, not NaN

@@ -105,7 +105,7 @@ def test_outputs_grid_and_checkpoint_config(tmp_path) -> None:
     assert config["tokenizer"]["name"] == "vqgan" and config["tokenizer"]["quantizer"]["codebook_size"] == 32
     assert set(result.val_metrics) >= {"val/l1", "val/usage", "val/perplexity", "val/codes_used"}
     # stage 2 can load the trained tokenizer from the run directory
-    from taming_plugins.training._prior_io import load_frozen_tokenizer
+    from taming_plugins.training.artifacts import load_frozen_tokenizer
 
     tok = load_frozen_tokenizer(tmp_path / "checkpoints")
     assert torch.equal(tok.last_layer, _saved_last_layer(tmp_path))
@@ -175,3 +175,20 @@ def test_short_real_training_run_on_photos(tmp_path) -> None:
     assert last < first
     assert 0 < after["val/usage"] <= 1 and after["val/codes_used"] >= 2
     assert "q_usage" in result.train_metrics[-1] and "q_perplexity" in result.train_metrics[-1]
+
+
+def test_resume_restores_the_gumbel_temperature_schedule(tmp_path) -> None:
+    """The Gumbel annealing step is not in the state dict; resume must set it again."""
+    cfg = _config(tmp_path, steps=2)
+    cfg["tokenizer"]["quantizer"] = {"name": "gumbel", "temperature": 1.0,
+                                     "min_temperature": 0.5, "anneal_steps": 10}
+    cfg["optim"]["accumulate_grad_batches"] = 2
+    first = TokenizerTrainer(cfg)
+    first.fit()
+    trained_step = first.tokenizer.quantize.step
+    assert trained_step == 4  # one schedule step per training forward (2 steps × 2 micro-batches)
+    resumed = TokenizerTrainer(cfg)
+    assert resumed.tokenizer.quantize.step == 0
+    resumed.resume()
+    assert resumed.tokenizer.quantize.step == trained_step
+    assert resumed.tokenizer.quantize.temperature == first.tokenizer.quantize.temperature < 1.0

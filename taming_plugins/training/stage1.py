@@ -48,7 +48,7 @@ from torch import Tensor, nn
 from taming_core import Tokenizer, create
 from taming_core.errors import ConfigError, TrainingError
 
-from ._prior_io import save_image_grid
+from .artifacts import save_image_grid
 from .checkpoint import CheckpointManager
 from .distributed import (ShardedDataStream, barrier, broadcast_buffers_, broadcast_module_,
                           fast_optimizer_kwargs, init_distributed, local_device, maybe_compile, no_sync,
@@ -320,6 +320,11 @@ class TokenizerTrainer:
                             optimizers={"tokenizer": self.opt_g, "discriminator": self.opt_d},
                             stateful=self._stateful())
         self.step, self.last_checkpoint, self.last_val = ck.step, ck.path, dict(ck.metrics)
+        # Step-driven schedules that are not in the state dict (Gumbel temperature) advance
+        # once per training forward, i.e. per micro-batch.
+        for module in self.tokenizer.modules():
+            if module is not self.tokenizer and callable(getattr(module, "set_step", None)):
+                module.set_step(ck.step * self.accumulate)
         log.info("resumed from %s (step %d)", ck.path, ck.step)
         return ck.step
 

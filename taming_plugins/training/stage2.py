@@ -48,7 +48,7 @@ from taming_plugins.conditioning.transforms import drop_condition, random_replac
 
 from taming_plugins.cli.common import resolve_device, seed_everything
 
-from ._prior_io import load_frozen_tokenizer, save_image_grid
+from .artifacts import load_frozen_tokenizer, save_image_grid
 from .checkpoint import CheckpointManager
 from .distributed import (ShardedDataStream, barrier, init_distributed, local_device, main_process_first,
                           maybe_compile, reduce_metrics, with_fast_kernels, wrap_ddp)

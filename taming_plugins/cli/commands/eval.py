@@ -67,7 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def load_tokenizer(path: str) -> Any:
     """A tokenizer from our stage-1 format, a converted directory or an original .ckpt."""
-    from taming_plugins.training._prior_io import load_frozen_tokenizer
+    from taming_plugins.training.artifacts import load_frozen_tokenizer
 
     return load_frozen_tokenizer(path)
 

@@ -76,7 +76,7 @@ class SavingReconstructor:
 
     @torch.no_grad()
     def reconstruct(self, images: Tensor) -> tuple[Tensor, Any]:
-        from taming_plugins.training._prior_io import save_image_grid
+        from taming_plugins.training.artifacts import save_image_grid
 
         xrec, encoded = self.model.reconstruct(images)
         xrec = xrec.clamp(-1, 1)
@@ -96,7 +96,7 @@ def _load_model(args: argparse.Namespace, device: torch.device) -> tuple[Any, An
 
         pipeline = taming_core.Pipeline.load(args.pipeline, map_location=device)
         return pipeline, pipeline.tokenizer
-    from taming_plugins.training._prior_io import load_frozen_tokenizer
+    from taming_plugins.training.artifacts import load_frozen_tokenizer
 
     tokenizer = load_frozen_tokenizer(args.tokenizer).to(device)
     return tokenizer, tokenizer
@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     from taming_core.errors import ValidationError
     from taming_plugins.data import get_dataset
     from taming_plugins.eval import evaluate, parse_metrics, write_report
-    from taming_plugins.training._prior_io import save_image_grid
+    from taming_plugins.training.artifacts import save_image_grid
 
     try:
         metrics = parse_metrics(args.metrics)

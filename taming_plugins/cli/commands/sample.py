@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     import taming_core
-    from taming_plugins.training._prior_io import save_image_grid
+    from taming_plugins.training.artifacts import save_image_grid
 
     device = resolve_device(args.device)
     seed_everything(args.seed)

@@ -1,4 +1,5 @@
-"""Stage-2 helpers: load a frozen tokenizer, and write decoded sample grids as PNG."""
+"""Trained artifacts shared by trainers, the demo and the CLI: load a frozen tokenizer
+(stage-1 run, converted folder or original checkpoint) and write image grids as PNG."""
 
 from __future__ import annotations
 
