@@ -23,6 +23,7 @@ the offending key, e.g. ``tokenizer.quantizer.codebook_size``.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import os
@@ -57,6 +58,22 @@ def load_config(source: ConfigLike) -> dict[str, Any]:
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return dict(data)
+
+
+def merge_configs(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``override`` into a copy of ``base``.
+
+    Nested mappings merge key by key, except component specs (mappings with ``name``):
+    a spec in ``override`` replaces the base one whole, since its arguments belong to
+    another component.
+    """
+    out = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) and "name" not in value:
+            out[key] = merge_configs(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
 
 
 def _is_spec(value: Any, key: str) -> bool:

@@ -22,7 +22,6 @@ merges a user config and flag overrides into them.
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import math
 import time
@@ -37,7 +36,7 @@ from torch import Tensor
 
 import taming_core
 from taming_core import Pipeline, Prior, Sampler, Tokenizer
-from taming_core.config import load_config
+from taming_core.config import load_config, merge_configs
 from taming_core.errors import ConfigError
 from taming_core.io import write_json
 from taming_core.validation import check_choice, check_positive
@@ -98,16 +97,6 @@ def default_demo_config() -> dict[str, Any]:
     return dict(yaml.safe_load(text))
 
 
-def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    """Deep merge; a component spec (a mapping with ``name``) replaces the base one."""
-    out = copy.deepcopy(dict(base))
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) and "name" not in value:
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
 
 def resolve_demo_config(config: Optional[Union[Mapping[str, Any], str, Path]] = None,
                         **overrides: Any) -> dict[str, Any]:
@@ -122,7 +111,7 @@ def resolve_demo_config(config: Optional[Union[Mapping[str, Any], str, Path]] = 
         unknown = [k for k in user if k not in TOP_KEYS]
         if unknown:
             raise ConfigError(f"{unknown[0]}: unknown demo config key; expected one of {', '.join(TOP_KEYS)}")
-        cfg = _merge(cfg, user)
+        cfg = merge_configs(cfg, user)
     for name, value in overrides.items():
         if value is None:
             continue

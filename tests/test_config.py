@@ -114,3 +114,12 @@ def test_constructor_errors_are_wrapped_with_path():
 def test_build_is_the_same_as_create_for_builtins():
     names = taming_core.available("quantizer")
     assert names, "built-in quantizers must be registered"
+
+
+def test_merge_configs_merges_sections_but_replaces_specs():
+    from taming_core.config import merge_configs
+
+    base = {"train": {"steps": 10, "lr": 1}, "quantizer": {"name": "vq", "codebook_size": 8}}
+    out = merge_configs(base, {"train": {"steps": 20}, "quantizer": {"name": "ema", "dim": 4}})
+    assert out == {"train": {"steps": 20, "lr": 1}, "quantizer": {"name": "ema", "dim": 4}}
+    assert base["train"]["steps"] == 10  # the base is not modified

@@ -64,7 +64,7 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-from taming_core.config import load_config
+from taming_core.config import load_config, merge_configs
 from taming_core.errors import ConfigError
 from taming_core.validation import check_positive
 
@@ -90,15 +90,6 @@ _POSITIVE_INTS = {"data": ("image_size", "batch_size", "val_batches"),
                   "train": ("steps", "log_every", "val_every", "image_every", "ckpt_every", "keep_last")}
 
 
-def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(dict(base))
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) and "name" not in value:
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
 
 def resolve_config(config: Any) -> dict[str, Any]:
     """Defaults + ``config`` (dict or YAML/JSON path), validated; returns a new dict."""
@@ -108,11 +99,11 @@ def resolve_config(config: Any) -> dict[str, Any]:
         raise ConfigError(f"{unknown[0]}: unknown config section; expected {', '.join(SECTIONS)}")
     if not isinstance(raw.get("tokenizer"), Mapping) or "name" not in raw["tokenizer"]:
         raise ConfigError("tokenizer: required, a spec such as {name: vqgan, ...}")
-    cfg = _merge(DEFAULTS, raw)
+    cfg = merge_configs(DEFAULTS, raw)
     loss = raw.get("loss")
     if isinstance(loss, Mapping):  # the vqgan defaults fill a vqgan spec; other losses stand alone
         is_vqgan = loss.get("name", DEFAULTS["loss"]["name"]) == DEFAULTS["loss"]["name"]
-        cfg["loss"] = _merge(DEFAULTS["loss"], loss) if is_vqgan else copy.deepcopy(dict(loss))
+        cfg["loss"] = merge_configs(DEFAULTS["loss"], loss) if is_vqgan else copy.deepcopy(dict(loss))
     for section in _FIXED_SECTIONS:
         extra = [k for k in cfg[section] if k not in DEFAULTS[section]]
         if extra:
