@@ -31,6 +31,7 @@ def monkeypatch_module():
     mp = pytest.MonkeyPatch()
     mp.setattr(nearest, "TORCH_BLOCK_ROWS", 7)
     mp.setattr(nearest, "TORCH_BLOCK_CODES", 8)
+    mp.setattr(nearest, "TORCH_SINGLE_BLOCK_CODES", 8)  # K <= 8: one pass, larger K: two passes
     yield mp
     mp.undo()
 
@@ -43,6 +44,7 @@ def test_default_blocks_match_bruteforce(n, k, dim):
 
 def test_duplicated_codes_pick_lowest_index(monkeypatch):
     monkeypatch.setattr(nearest, "TORCH_BLOCK_CODES", 4)
+    monkeypatch.setattr(nearest, "TORCH_SINGLE_BLOCK_CODES", 4)
     e = torch.randn(16, 3)
     base = e[2].clone()
     e[[5, 9, 13]] = base  # copies in other blocks, later than the original

@@ -36,6 +36,8 @@ TORCH_BLOCK_ROWS = 2048
 #: Codes per block of the torch backend: a 2048×512 fp32 block is 4 MiB, small enough to
 #: stay in cache between the matmul that writes it and the minimum that reads it.
 TORCH_BLOCK_CODES = 512
+#: Codebooks up to this size are searched in one block per row block (single pass).
+TORCH_SINGLE_BLOCK_CODES = 1024
 #: Cap on the per-row table of block minima (elements); bounds memory for huge codebooks.
 TORCH_MAX_BLOCK_MINIMA = 4 * 1024 * 1024
 BACKENDS = ("auto", "torch", "triton")
@@ -59,7 +61,8 @@ def _nearest_torch(z: Tensor, codebook: Tensor) -> tuple[Tensor, Tensor]:
     """
     n, dim = z.shape
     k = codebook.shape[0]
-    cols = min(k, TORCH_BLOCK_CODES)
+    # Small codebooks fit one block: the two-pass scheme would only repeat the matmul.
+    cols = k if k <= TORCH_SINGLE_BLOCK_CODES else TORCH_BLOCK_CODES
     n_blocks = -(-k // cols)
     rows = max(1, min(n, TORCH_BLOCK_ROWS, TORCH_MAX_BLOCK_MINIMA // n_blocks))
     e_aug = _augmented_codebook(codebook)
@@ -72,6 +75,11 @@ def _nearest_torch(z: Tensor, codebook: Tensor) -> tuple[Tensor, Tensor]:
         rr = min(rows, n - r0)
         zb = z_aug[:rr]
         torch.mul(z[r0:r0 + rr], -2.0, out=zb[:, :dim])  # upcasts bf16/fp16 blockwise
+        if n_blocks == 1:  # one block: a single matmul + min, no second pass needed
+            d = block[:rr * cols].view(rr, cols)
+            torch.mm(zb, e_aug, out=d)
+            torch.min(d, 1, out=(best_val[r0:r0 + rr], best_idx[r0:r0 + rr]))
+            continue
         mins = minima[:rr]
         for j in range(n_blocks):  # pass 1: block minima only
             c0 = j * cols
