@@ -22,10 +22,23 @@ class ConditionerBase(Conditioner):
     #: True when :meth:`forward` returns a B×h×w grid aligned with the image grid.
     spatial: bool = False
 
+    #: Whether one extra id, right after the real ones, stands for "no condition".
+    null_token: bool = False
+
+    @property
+    def num_ids(self) -> int:
+        """Number of real condition ids (subclasses define it; the null id follows them)."""
+        raise NotImplementedError(f"{type(self).__name__} must define num_ids or vocab_size")
+
+    @property
+    def vocab_size(self) -> int:
+        """Real ids plus the null id when there is one."""
+        return self.num_ids + (1 if self.null_token else 0)
+
     @property
     def null_id(self) -> Optional[int]:
         """The local id of the null condition, or None when there is none."""
-        return None
+        return self.num_ids if self.null_token else None
 
     def null_condition(self, tokens: Tensor) -> Tensor:
         """Condition tokens shaped like ``tokens`` that all hold the null id."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Sequence, Union
 
 import torch
 from torch import Tensor
@@ -47,9 +47,5 @@ class ClassLabelConditioner(ConditionerBase):
         return labels.long().unsqueeze(1)
 
     @property
-    def vocab_size(self) -> int:
-        return self.num_classes + (1 if self.null_token else 0)
-
-    @property
-    def null_id(self) -> Optional[int]:
-        return self.num_classes if self.null_token else None
+    def num_ids(self) -> int:
+        return self.num_classes

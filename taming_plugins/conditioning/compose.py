@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 import torch
 from torch import Tensor, nn
@@ -69,9 +69,5 @@ class ComposeConditioner(ConditionerBase):
         return torch.cat(pieces, dim=1)
 
     @property
-    def vocab_size(self) -> int:
-        return self._vocab + (1 if self.null_token else 0)
-
-    @property
-    def null_id(self) -> Optional[int]:
-        return self._vocab if self.null_token else None
+    def num_ids(self) -> int:
+        return self._vocab

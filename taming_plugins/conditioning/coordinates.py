@@ -88,12 +88,8 @@ class CoordinateConditioner(ConditionerBase):
         return nn.functional.interpolate(coords, scale_factor=self.downsample_factor, mode="nearest")
 
     @property
-    def vocab_size(self) -> int:
-        return self.num_levels + 1 + (1 if self.null_token else 0)
-
-    @property
-    def null_id(self) -> Optional[int]:
-        return self.num_levels + 1 if self.null_token else None
+    def num_ids(self) -> int:
+        return self.num_levels + 1
 
 
 class CoordinateCrops(Dataset):

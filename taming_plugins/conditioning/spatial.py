@@ -114,9 +114,5 @@ class SpatialConditioner(ConditionerBase):
         return indices.long()
 
     @property
-    def vocab_size(self) -> int:
-        return self._vocab + (1 if self.null_token else 0)
-
-    @property
-    def null_id(self) -> Optional[int]:
-        return self._vocab if self.null_token else None
+    def num_ids(self) -> int:
+        return self._vocab

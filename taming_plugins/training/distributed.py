@@ -39,7 +39,7 @@ from torch.utils.data import Dataset
 
 from taming_core.errors import ConfigError, ValidationError
 
-from .loop import _EPOCH_SEED_MIX, DataStream
+from .loop import DataStream
 
 log = logging.getLogger(__name__)
 
@@ -207,12 +207,8 @@ class ShardedDataStream(DataStream):
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
         if self.world_size == 1:
             return super()._epoch_batches(epoch)
-        n = len(self.dataset)  # type: ignore[arg-type]
-        if self.shuffle:
-            gen = torch.Generator().manual_seed(self.seed * _EPOCH_SEED_MIX + epoch)
-            order = torch.randperm(n, generator=gen).tolist()
-        else:
-            order = list(range(n))
+        order = self._epoch_order(epoch)
+        n = len(order)
         shard = order[:n - n % self.world_size][self.rank::self.world_size]
         b = self.batch_size
         return [shard[i * b:(i + 1) * b] for i in range(self.batches_per_epoch)]

@@ -56,13 +56,16 @@ class DataStream:
     def batches_per_epoch(self) -> int:
         return len(self.dataset) // self.batch_size  # type: ignore[arg-type]
 
-    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+    def _epoch_order(self, epoch: int) -> list[int]:
+        """The seeded order of all item indices in ``epoch`` (identical on every rank)."""
         n = len(self.dataset)  # type: ignore[arg-type]
-        if self.shuffle:
-            gen = torch.Generator().manual_seed(self.seed * _EPOCH_SEED_MIX + epoch)
-            order = torch.randperm(n, generator=gen).tolist()
-        else:
-            order = list(range(n))
+        if not self.shuffle:
+            return list(range(n))
+        gen = torch.Generator().manual_seed(self.seed * _EPOCH_SEED_MIX + epoch)
+        return torch.randperm(n, generator=gen).tolist()
+
+    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        order = self._epoch_order(epoch)
         return [order[i:i + self.batch_size] for i in range(0, self.batches_per_epoch * self.batch_size,
                                                              self.batch_size)]
 
