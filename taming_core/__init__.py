@@ -11,12 +11,12 @@ from .interfaces import (Conditioner, Discriminator, Encoded, GANObjective, Perc
                          Prior, PriorCache, Quantizer, QuantizerOutput, Sampler, Tokenizer)
 from .pipeline import Pipeline
 from .plugins import load_plugins, plugin_status
-from .registry import KINDS, Entry, available, create, entries, get, get_entry, register, spec_of, unregister
+from .registry import KINDS, Entry, available, create, create_from_spec, entries, get, get_entry, register, spec_of, unregister
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "KINDS", "Entry", "available", "build", "create", "entries", "get", "get_entry",
+    "KINDS", "Entry", "available", "build", "create", "create_from_spec", "entries", "get", "get_entry",
     "load_config", "load_plugins", "plugin_status", "register", "spec_of", "unregister",
     "Conditioner", "Discriminator", "Encoded", "GANObjective", "PerceptualLoss", "Prior",
     "Pipeline", "PriorCache", "Quantizer", "QuantizerOutput", "Sampler", "Tokenizer",

@@ -13,6 +13,7 @@ import fnmatch
 import functools
 import importlib.metadata
 import inspect
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, TypeVar
 
@@ -183,6 +184,13 @@ def create(kind: str, name: str, **kwargs: Any) -> Any:
     The result remembers its spec (see :func:`spec_of`).
     """
     return remember_spec(get(kind, name)(**kwargs), kind, name, kwargs)
+
+
+def create_from_spec(kind: str, spec: Mapping[str, Any], **overrides: Any) -> Any:
+    """:func:`create` from a spec mapping ``{"name": ..., **kwargs}`` (a ``kind`` key in
+    the spec is ignored); ``overrides`` win over the spec's arguments."""
+    kwargs = {k: v for k, v in spec.items() if k not in ("name", "kind")}
+    return create(kind, spec["name"], **{**kwargs, **overrides})
 
 
 def available(kind: Optional[str] = None, pattern: str = "*") -> list[str]:

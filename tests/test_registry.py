@@ -117,3 +117,14 @@ def test_builtins_report_builtin_origin():
     entries = taming_core.entries()
     assert entries, "no built-in component registered"
     assert all(e.origin == "built-in" for e in entries if e.obj.__module__.startswith("taming_plugins"))
+
+
+def test_create_from_spec_ignores_kind_and_applies_overrides():
+    @register(KIND, PREFIX + "spec")
+    class Spec:
+        def __init__(self, a=0, b=0):
+            self.a, self.b = a, b
+
+    obj = taming_core.create_from_spec(KIND, {"kind": KIND, "name": PREFIX + "spec", "a": 1, "b": 2}, b=5)
+    assert (obj.a, obj.b) == (1, 5)
+    assert taming_core.spec_of(obj) == {"kind": KIND, "name": PREFIX + "spec", "a": 1, "b": 5}

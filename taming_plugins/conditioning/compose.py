@@ -8,7 +8,7 @@ from typing import Any, Union
 import torch
 from torch import Tensor, nn
 
-from taming_core import Conditioner, create, register
+from taming_core import Conditioner, create_from_spec, register
 from taming_core.errors import ValidationError
 
 from ._base import ConditionerBase
@@ -20,8 +20,7 @@ def _build_part(part: PartLike, index: int) -> Conditioner:
     if isinstance(part, Conditioner):
         return part
     if isinstance(part, Mapping) and "name" in part:
-        spec = {k: v for k, v in part.items() if k not in ("name", "kind")}
-        return create("conditioner", part["name"], **spec)
+        return create_from_spec("conditioner", part)
     raise ValidationError(f"compose(conditioners[{index}]): expected a Conditioner or a "
                           f"{{'name': ...}} spec, got {type(part).__name__}")
 

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from taming_core.errors import ConfigError
 from taming_core.interfaces import Discriminator, GANObjective, PerceptualLoss
-from taming_core.registry import create, register
+from taming_core.registry import create, create_from_spec, register
 from taming_core.validation import check_positive, check_tensor
 
 #: Added to the GAN-gradient norm in the adaptive weight (original value).
@@ -57,8 +57,7 @@ def _build(spec: ComponentSpec, kind: str, what: str) -> Any:
         return create(kind, spec)
     if "name" not in spec:
         raise ConfigError(f"vqgan loss({what}): a spec dict needs a 'name' key, got {sorted(spec)}")
-    return create(spec.get("kind", kind), spec["name"],
-                  **{k: v for k, v in spec.items() if k not in ("name", "kind")})
+    return create_from_spec(spec.get("kind", kind), spec)
 
 
 def adopt_weight(weight: float, step: int, threshold: int, value: float = 0.0) -> float:

@@ -10,7 +10,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from taming_core import Quantizer, QuantizerOutput, ValidationError, create, register
+from taming_core import Quantizer, QuantizerOutput, ValidationError, create_from_spec, register
 from taming_core.validation import check_positive, check_tensor
 
 from ._common import check_latent
@@ -24,8 +24,7 @@ def _build_level(spec: LevelSpec, where: str) -> Quantizer:
     if isinstance(spec, Quantizer):
         return spec
     if isinstance(spec, Mapping) and isinstance(spec.get("name"), str):
-        kwargs = {k: v for k, v in spec.items() if k not in ("name", "kind")}
-        level = create("quantizer", spec["name"], **kwargs)
+        level = create_from_spec("quantizer", spec)
         if not isinstance(level, Quantizer):
             raise ValidationError(f"{where}: quantizer {spec['name']!r} did not build a Quantizer, "
                                   f"got {type(level).__name__}")

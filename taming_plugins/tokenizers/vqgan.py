@@ -39,7 +39,8 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from taming_core import Encoded, Quantizer, QuantizerOutput, Tokenizer, create, get, register, spec_of
+from taming_core import (Encoded, Quantizer, QuantizerOutput, Tokenizer, create_from_spec, get,
+                         register, spec_of)
 from taming_core.errors import ConfigError, ValidationError
 from taming_core.validation import check_divisible, check_positive, check_tensor
 
@@ -114,7 +115,7 @@ class VQGANTokenizer(Tokenizer):
             q_ch = quant_conv_channels or embed_dim
             spec = complete_quantizer_spec(
                 quantizer, {"codebook_size": n_embed, "dim": embed_dim, "in_channels": q_ch})
-            quantizer = create("quantizer", spec["name"], **{k: v for k, v in spec.items() if k != "name"})
+            quantizer = create_from_spec("quantizer", spec)
         elif not isinstance(quantizer, Quantizer):
             raise ConfigError(f"vqgan(quantizer): expected a Quantizer or a spec dict, "
                               f"got {type(quantizer).__name__}")

@@ -10,7 +10,7 @@ from typing import Optional, Union
 
 from torch import Tensor
 
-from taming_core import Tokenizer, create
+from taming_core import Tokenizer, create_from_spec
 from taming_core.errors import CheckpointError
 from taming_core.io import atomic_path, read_json
 
@@ -57,8 +57,7 @@ def _load_from_run(ckpt: Path, *, use_ema: bool) -> Tokenizer:
     if not isinstance(spec, dict) or "name" not in spec:
         raise CheckpointError(f"{ckpt}: its {CONFIG_FILE} has no '{TOKENIZER_MODULE}' spec with a "
                               f"'name' (keys: {sorted(config)}); is it a stage-1 checkpoint?")
-    tokenizer = create("tokenizer", spec["name"],
-                       **{k: v for k, v in spec.items() if k not in ("name", "kind")})
+    tokenizer = create_from_spec("tokenizer", spec)
     saved_stateful = read_json(ckpt / STATE_FILE).get("stateful", [])
     ema = EMA(tokenizer) if use_ema and EMA_STATE in saved_stateful else None
     CheckpointManager(ckpt.parent).load(ckpt, modules={TOKENIZER_MODULE: tokenizer},

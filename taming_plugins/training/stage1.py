@@ -45,7 +45,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from taming_core import Tokenizer, create
+from taming_core import Tokenizer, create_from_spec
 from taming_core.errors import ConfigError, TrainingError
 
 from .artifacts import save_image_grid
@@ -87,9 +87,8 @@ def build_component(kind: str, spec: Mapping[str, Any]) -> Any:
     tokenizer can fill in ``codebook_size``/``dim`` from ``n_embed``/``embed_dim``; the
     tokenizer and the VQGAN loss accept spec dicts for their parts and complete them.
     """
-    kwargs = {k: v for k, v in spec.items() if k not in ("name", "kind")}
     try:
-        return create(kind, spec["name"], **kwargs)
+        return create_from_spec(kind, spec)
     except TypeError as exc:
         raise ConfigError(f"{kind}: {kind} {spec['name']!r} rejected its arguments: {exc}") from None
 

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
-from taming_core import Conditioner, Prior, Tokenizer, create, get
+from taming_core import Conditioner, Prior, Tokenizer, create, create_from_spec, get
 from taming_core.errors import ConfigError, ValidationError
 from taming_core.validation import check_choice, check_positive
 
@@ -238,8 +238,7 @@ class PriorTrainer:
     # ------------------------------------------------------------------ building
     @staticmethod
     def _build_conditioner(spec: Mapping[str, Any]) -> Conditioner:
-        kwargs = {k: v for k, v in spec.items() if k not in ("name", "kind")}
-        conditioner = create("conditioner", spec["name"], **kwargs)
+        conditioner = create_from_spec("conditioner", spec)
         conditioner.eval()
         return conditioner
 
@@ -467,8 +466,7 @@ def load_trained_prior(path: PathLike, *, device: Union[str, torch.device] = "cp
     for key in ("prior", "layout", "grid", "cond_len"):
         if key not in config:
             raise ConfigError(f"{ckpt_dir}: its config.json has no {key!r}; is it a stage-2 checkpoint?")
-    spec = {k: v for k, v in config["prior"].items() if k not in ("name", "kind")}
-    prior = create("prior", config["prior"]["name"], **spec)
+    prior = create_from_spec("prior", config["prior"])
     manager.load(ckpt_dir, modules={"prior": prior}, restore_rng=False)
     return TrainedPrior(prior.to(device).eval(), VocabLayout.from_dict(config["layout"]),
                         tuple(config["grid"]), int(config["cond_len"]), config)
