@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from taming_core import Prior, PriorCache, ValidationError, register
+from taming_core.ops import decode_linear
 from taming_core.validation import check_positive, check_tensor
 
 logger = logging.getLogger(__name__)
@@ -82,29 +83,28 @@ class CausalSelfAttention(nn.Module):
         self.attn_pdrop = attn_pdrop
         self.n_head = n_head
 
-    def _heads(self, x: Tensor) -> Tensor:
-        b, t, c = x.shape
-        return x.view(b, t, self.n_head, c // self.n_head).transpose(1, 2)
-
     def forward(self, x: Tensor, mask: Optional[Tensor] = None,
                 cache: Optional[tuple[Tensor, Tensor, int]] = None) -> Tensor:
         """x: B×T×C. ``mask`` (bool T×S, True = attend) or None for plain causal;
         ``cache`` = (keys, values, start) layer views B×H×L×d written at [start, start+T)."""
         b, t, c = x.shape
-        q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
+        shape = (b, t, self.n_head, c // self.n_head)
+        q, k, v = (decode_linear(x, lin).view(shape).transpose(1, 2)
+                   for lin in (self.query, self.key, self.value))
         causal = mask is None
         if cache is not None:
             keys, values, start = cache
-            keys[:, :, start:start + t] = k
-            values[:, :, start:start + t] = v
-            k, v = keys[:, :, :start + t], values[:, :, :start + t]
+            keys.narrow(2, start, t).copy_(k)
+            values.narrow(2, start, t).copy_(v)
+            k, v = keys.narrow(2, 0, start + t), values.narrow(2, 0, start + t)
             # A single query at the end attends everything cached: no mask needed.
             causal = mask is None and start == 0
         drop = self.attn_pdrop if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop,
                                            is_causal=causal and t > 1)
-        y = y.transpose(1, 2).reshape(b, t, c)
-        return self.resid_drop(self.proj(y))
+        y = decode_linear(y.transpose(1, 2).reshape(b, t, c), self.proj)
+        # Dropout modules are skipped outside training: identities cost a call per step.
+        return self.resid_drop(y) if self.training else y
 
 
 class Block(nn.Module):
@@ -125,7 +125,10 @@ class Block(nn.Module):
     def forward(self, x: Tensor, mask: Optional[Tensor] = None,
                 cache: Optional[tuple[Tensor, Tensor, int]] = None) -> Tensor:
         x = x + self.attn(self.ln1(x), mask=mask, cache=cache)
-        return x + self.mlp(self.ln2(x))
+        # The MLP's layers are called one by one so its Linears take decode_linear.
+        fc, act, out, drop = self.mlp
+        y = decode_linear(act(decode_linear(self.ln2(x), fc)), out)
+        return x + (drop(y) if self.training else y)
 
 
 @register("prior", "gpt")
@@ -236,7 +239,7 @@ class GPT(Prior):
         return self.drop(self.tok_emb(tokens) + self.pos_emb[:, start:start + t])
 
     def _logits(self, x: Tensor) -> Tensor:
-        return self.head(self.ln_f(x))
+        return decode_linear(self.ln_f(x), self.head)
 
     # ------------------------------------------------------------------ Prior API
     def forward(self, tokens: Tensor) -> Tensor:

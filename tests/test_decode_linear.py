@@ -1,0 +1,83 @@
+"""``taming_core.ops.decode_linear``: same results as ``nn.Linear``, fast path taken
+only where it is safe."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from taming_core.ops import decode_linear
+from taming_core.ops import linear as linear_mod
+
+
+def _layer(in_features: int, out_features: int, bias: bool = True) -> nn.Linear:
+    torch.manual_seed(in_features * 1000 + out_features)
+    return nn.Linear(in_features, out_features, bias=bias)
+
+
+@pytest.mark.parametrize("shape", [(1, 32), (2, 1, 32), (4, 3, 32), (16, 32), (17, 32), (0, 32)])
+@pytest.mark.parametrize("out_features", [8, 9, 33, 1025, 17])
+@pytest.mark.parametrize("bias", [True, False])
+def test_matches_linear(shape, out_features, bias):
+    layer = _layer(shape[-1], out_features, bias)
+    x = torch.randn(shape)
+    got = decode_linear(x, layer)
+    want = F.linear(x, layer.weight, layer.bias)
+    assert got.shape == want.shape
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_few_rows_take_the_blocked_path(monkeypatch):
+    layer = _layer(64, 96)
+    x = torch.randn(3, 64)
+    want = layer(x)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("F.linear used for a few-row CPU float32 input")
+
+    monkeypatch.setattr(linear_mod.F, "linear", refuse)
+    got = decode_linear(x, layer)
+    assert torch.allclose(got, want, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", ["many_rows", "bfloat16", "hooked", "subclass",
+                                  "indivisible", "transposed_weight"])
+def test_other_inputs_go_through_the_layer(case):
+    layer = _layer(32, 48)
+    x = torch.randn(2, 32)
+    calls = []
+    if case == "many_rows":
+        x = torch.randn(linear_mod.DECODE_MAX_ROWS + 1, 32)
+    elif case == "bfloat16":
+        layer = layer.to(torch.bfloat16)
+        x = x.to(torch.bfloat16)
+    elif case == "hooked":
+        layer.register_forward_hook(lambda mod, inp, out: calls.append("hook"))
+    elif case == "subclass":
+        class Scaled(nn.Linear):
+            def forward(self, inp: torch.Tensor) -> torch.Tensor:
+                calls.append("forward")
+                return super().forward(inp)
+        layer = Scaled(32, 48)
+    elif case == "indivisible":
+        layer = _layer(32, 11 * 13)
+    elif case == "transposed_weight":
+        with torch.no_grad():
+            layer.weight = nn.Parameter(torch.randn(32, 48).t())
+    got = decode_linear(x, layer)
+    assert torch.equal(got, F.linear(x, layer.weight, layer.bias))
+    if case in ("hooked", "subclass"):
+        assert calls, "the layer's own forward/hooks must run"
+
+
+def test_gradients_match_linear():
+    layer = _layer(16, 24)
+    x = torch.randn(2, 16, requires_grad=True)
+    decode_linear(x, layer).square().sum().backward()
+    got = (x.grad.clone(), layer.weight.grad.clone(), layer.bias.grad.clone())
+    x.grad, layer.weight.grad, layer.bias.grad = None, None, None
+    layer(x).square().sum().backward()
+    for a, b in zip(got, (x.grad, layer.weight.grad, layer.bias.grad)):
+        assert torch.allclose(a, b, atol=1e-5)
