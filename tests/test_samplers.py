@@ -57,18 +57,29 @@ def readme_start(x: int, size: int, window: int) -> int:
 
 
 @torch.no_grad()
-def window_greedy_reference(prior: GPT, cond, grid, window, start_fn) -> torch.Tensor:
-    """One full forward of [condition crop, sample crop] minus the last token per token."""
+def window_greedy_reference(prior: GPT, cond, grid, window, start_fn, null=None,
+                            scale: float = 1.0) -> torch.Tensor:
+    """One full forward of [condition crop, sample crop] minus the last token per token;
+    with ``null``, also one of [null crop, sample crop] and guided logits."""
     h, w = grid
     b = cond.shape[0]
     out = torch.zeros(b, h, w, dtype=torch.long)
+
+    def token_logits(c_all, crop, i, j, i0, j0):
+        c = (c_all[:, i0:i0 + window, j0:j0 + window].reshape(b, -1) if c_all.dim() == 3
+             else c_all.expand(b, -1))
+        logits = prior(torch.cat([c, crop], 1)[:, :-1])[:, -window * window:]
+        return logits.view(b, window, window, -1)[:, i - i0, j - j0]
+
     for i in range(h):
         for j in range(w):
             i0, j0 = start_fn(i, h, window), start_fn(j, w, window)
             crop = out[:, i0:i0 + window, j0:j0 + window].reshape(b, -1)
-            c = cond[:, i0:i0 + window, j0:j0 + window].reshape(b, -1) if cond.dim() == 3 else cond
-            logits = prior(torch.cat([c, crop], 1)[:, :-1])[:, -window * window:]
-            out[:, i, j] = logits.view(b, window, window, -1)[:, i - i0, j - j0].argmax(-1)
+            logits = token_logits(cond, crop, i, j, i0, j0)
+            if null is not None:
+                uncond = token_logits(null.expand(b, *null.shape[1:]), crop, i, j, i0, j0)
+                logits = uncond + scale * (logits - uncond)
+            out[:, i, j] = logits.argmax(-1)
     return out
 
 
@@ -217,6 +228,42 @@ def test_guidance_scale_zero_follows_the_null_branch_and_one_is_plain():
                                 null_condition=null)
     out = guided.sample(prior, (3, 4), batch_size=2, condition=cond)
     assert out.shape == (2, 3, 4)
+
+
+@pytest.mark.parametrize("policy,spatial", [("taming", True), ("cached", False)])
+def test_sliding_window_guidance_equals_guided_reference(policy, spatial):
+    grid, window, scale = (7, 6), 4, 2.5
+    prior = random_prior(block=2 * window * window)
+    if spatial:
+        cond, null = torch.randint(0, 11, (2, *grid)), torch.full((1, *grid), 11)
+    else:
+        cond, null = torch.randint(0, 11, (2, 2)), torch.full((1, 2), 11)
+    sampler = taming_core.create("sampler", "sliding_window", window=window, policy=policy,
+                                 greedy=True, guidance_scale=scale, null_condition=null)
+    out = sampler.sample(prior, grid, batch_size=2, condition=cond)
+    start = (readme_start if policy == "taming"
+             else lambda x, size, wdw: strided_start(x, size, wdw, window // 2))
+    want = window_greedy_reference(prior, cond, grid, window, start, null=null, scale=scale)
+    assert torch.equal(out, want)
+    zero = taming_core.create("sampler", "sliding_window", window=window, policy=policy,
+                              greedy=True, guidance_scale=0.0, null_condition=null)
+    plain = taming_core.create("sampler", "sliding_window", window=window, policy=policy,
+                               greedy=True)
+    assert torch.equal(zero.sample(prior, grid, batch_size=2, condition=cond),
+                       plain.sample(prior, grid, batch_size=2,
+                                    condition=null.expand(2, *null.shape[1:])))
+
+
+def test_sliding_window_guidance_rejects_mismatched_null_condition():
+    prior = random_prior(block=32)
+    make = lambda null: taming_core.create(  # noqa: E731
+        "sampler", "sliding_window", window=4, guidance_scale=2.0, null_condition=null)
+    with pytest.raises(ValidationError, match="null_condition"):
+        make(torch.full((1, 3), 11)).sample(prior, (5, 5), condition=torch.zeros(1, 2).long())
+    with pytest.raises(ValidationError, match="null_condition"):
+        make(torch.full((1, 2), 11)).sample(prior, (5, 5), condition=torch.zeros(1, 5, 5).long())
+    with pytest.raises(ValidationError, match="null_condition"):
+        taming_core.create("sampler", "sliding_window", guidance_scale=2.0)
 
 
 def test_invalid_settings_raise_validation_errors():

@@ -42,6 +42,24 @@ def check_progress(progress: Optional[ProgressCallback], name: str) -> None:
                               f"got {type(progress).__name__}")
 
 
+def check_guidance(scale: object, null_condition: Optional[Tensor], name: str) -> float:
+    """Validate a classifier-free guidance scale (1.0 = off; otherwise a null condition
+    for the unconditional branch is required)."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise ValidationError(f"{name}: expected a number, got {scale!r}")
+    if scale != 1.0 and null_condition is None:
+        raise ValidationError(f"{name}: a scale other than 1.0 needs null_condition (the "
+                              "condition of the unconditional branch)")
+    return float(scale)
+
+
+def guide(logits: Tensor, scale: float) -> Tensor:
+    """Classifier-free guidance: ``l_u + scale·(l_c − l_u)`` for logits stacked
+    [conditional; unconditional] along the batch."""
+    cond, uncond = logits.chunk(2, dim=0)
+    return uncond + scale * (cond - uncond)
+
+
 def expand_batch(x: Tensor, batch_size: int, name: str) -> Tensor:
     """Broadcast a condition with batch 1 to ``batch_size``; any other mismatch raises."""
     if x.shape[0] == batch_size:

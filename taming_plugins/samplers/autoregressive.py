@@ -15,8 +15,8 @@ from taming_core import Prior, Sampler, ValidationError, register
 from taming_core.interfaces import ProgressCallback
 from taming_core.validation import check_positive
 
-from ._common import (check_grid, check_prior, check_progress, check_sos, expand_batch,
-                      prefix_condition, prior_device, sampling_mode)
+from ._common import (check_grid, check_guidance, check_prior, check_progress, check_sos,
+                      expand_batch, guide, prefix_condition, prior_device, sampling_mode)
 from ._filtering import SamplingOptions
 
 
@@ -46,13 +46,8 @@ class AutoregressiveSampler(Sampler):
                  sos_token: Optional[int] = None, vocab_limit: Optional[int] = None,
                  progress: Optional[ProgressCallback] = None) -> None:
         self.options = SamplingOptions(temperature, top_k, top_p, greedy, vocab_limit)
-        g = guidance_scale
-        if isinstance(g, bool) or not isinstance(g, (int, float)):
-            raise ValidationError(f"guidance_scale: expected a number, got {g!r}")
-        if g != 1.0 and null_condition is None:
-            raise ValidationError("guidance_scale: a scale other than 1.0 needs null_condition "
-                                  "(the Long 1×L or B×L prefix of the unconditional branch)")
-        self.guidance_scale = float(g)
+        self.guidance_scale = check_guidance(guidance_scale, null_condition,
+                                             "autoregressive(guidance_scale)")
         self.null_condition = null_condition
         check_sos(sos_token, "autoregressive(sos_token)")
         self.sos_token = sos_token
@@ -96,8 +91,7 @@ class AutoregressiveSampler(Sampler):
             logits = prior.forward_cached(prefix, cache)[:, -1]
             for step in range(n):
                 if guided:
-                    cond, uncond = logits.chunk(2, dim=0)
-                    logits = uncond + self.guidance_scale * (cond - uncond)
+                    logits = guide(logits, self.guidance_scale)
                 token = self.options.choose(logits, generator)
                 out[:, step] = token
                 if self.progress is not None:

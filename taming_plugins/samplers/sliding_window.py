@@ -28,6 +28,10 @@ Window placement (``policy``):
   above of a token ranges over ``± stride / 2`` of the original's — the model sees the
   same kind of crops as in training, but samples differ from the original placement.
   ``stride=1`` gives exactly the original placement (at about its cost).
+
+Classifier-free guidance (``guidance_scale`` with ``null_condition``) runs every crop
+twice in one batch, once with the condition and once with the null condition, and
+samples from ``l_u + s·(l_c − l_u)``; both branches see the same sampled tokens.
 """
 
 from __future__ import annotations
@@ -41,8 +45,9 @@ from taming_core import Prior, PriorCache, Sampler, ValidationError, register
 from taming_core.interfaces import ProgressCallback
 from taming_core.validation import check_choice, check_positive, check_tensor
 
-from ._common import (check_grid, check_prior, check_progress, check_sos, check_token_range,
-                      expand_batch, prefix_condition, prior_device, sampling_mode)
+from ._common import (check_grid, check_guidance, check_prior, check_progress, check_sos,
+                      check_token_range, expand_batch, guide, prefix_condition, prior_device,
+                      sampling_mode)
 from ._filtering import SamplingOptions
 
 POLICIES = ("taming", "cached")
@@ -86,6 +91,11 @@ class SlidingWindowSampler(Sampler):
         stride: origin step of the ``"cached"`` policy (1 ≤ stride ≤ window; default
             ``window // 2``).
         temperature, top_k, top_p, greedy, vocab_limit: see ``SamplingOptions``.
+        guidance_scale: classifier-free guidance scale (1.0 disables it).
+        null_condition: the unconditional branch's condition, in the form of the
+            condition given to :meth:`sample` (a Long 1×H×W or B×H×W grid for spatial
+            conditions, e.g. all null ids; a Long 1×L or B×L prefix of the condition's
+            length otherwise); required when ``guidance_scale != 1``.
         sos_token: prefix used when ``condition`` is None.
         progress: ``progress(done, total)`` called after every token.
 
@@ -98,7 +108,8 @@ class SlidingWindowSampler(Sampler):
     def __init__(self, window: int = DEFAULT_WINDOW, policy: str = "taming",
                  stride: Optional[int] = None, temperature: float = 1.0,
                  top_k: Optional[int] = None, top_p: Optional[float] = None,
-                 greedy: bool = False, sos_token: Optional[int] = None,
+                 greedy: bool = False, guidance_scale: float = 1.0,
+                 null_condition: Optional[Tensor] = None, sos_token: Optional[int] = None,
                  vocab_limit: Optional[int] = None,
                  progress: Optional[ProgressCallback] = None) -> None:
         check_positive(window, "sliding_window(window)")
@@ -115,6 +126,9 @@ class SlidingWindowSampler(Sampler):
         self.policy = policy
         self.stride = stride if stride is not None else max(window // 2, 1)
         self.options = SamplingOptions(temperature, top_k, top_p, greedy, vocab_limit)
+        self.guidance_scale = check_guidance(guidance_scale, null_condition,
+                                             "sliding_window(guidance_scale)")
+        self.null_condition = null_condition
         check_sos(sos_token, "sliding_window(sos_token)")
         self.sos_token = sos_token
         check_progress(progress, "sliding_window(progress)")
@@ -137,6 +151,25 @@ class SlidingWindowSampler(Sampler):
         return None, prefix_condition(condition, grid, batch_size, self.sos_token,
                                       prior.vocab_size, name, device)
 
+    def _with_null(self, spatial: Optional[Tensor], prefix: Optional[Tensor],
+                   grid: tuple[int, int], batch_size: int, prior: Prior,
+                   device: torch.device) -> tuple[Optional[Tensor], Optional[Tensor]]:
+        """Stack the null condition under the condition along the batch (guidance)."""
+        name = "sliding_window(null_condition)"
+        null = self.null_condition
+        if not isinstance(null, Tensor):
+            raise ValidationError(f"{name}: expected a Long tensor, got {type(null).__name__}")
+        if spatial is not None:
+            check_tensor(null, name, dims=("B", grid[0], grid[1]), dtype="long")
+            check_token_range(null, prior.vocab_size, name)
+            return torch.cat([spatial, expand_batch(null.to(device), batch_size, name)]), None
+        if null.dim() != 2 or null.shape[1] != prefix.shape[1]:  # type: ignore[union-attr]
+            raise ValidationError(f"{name}: expected a Long 1×L or B×L prefix with the "
+                                  f"condition's length L={prefix.shape[1]}, got shape "  # type: ignore[union-attr]
+                                  f"{tuple(null.shape)}")
+        null = prefix_condition(null, grid, batch_size, None, prior.vocab_size, name, device)
+        return None, torch.cat([prefix, null])  # type: ignore[list-item]
+
     def sample(self, prior: Prior, grid: tuple[int, int] = (32, 32), *, batch_size: int = 1,
                condition: Optional[Tensor] = None,
                generator: Optional[torch.Generator] = None) -> Tensor:
@@ -147,6 +180,10 @@ class SlidingWindowSampler(Sampler):
         self.options.check_vocab(prior.vocab_size)
         device = prior_device(prior)
         spatial, prefix = self._condition(condition, (h, w), batch_size, prior, device)
+        guided = self.guidance_scale != 1.0
+        if guided:
+            spatial, prefix = self._with_null(spatial, prefix, (h, w), batch_size, prior, device)
+        rows = 2 * batch_size if guided else batch_size  # [conditional; unconditional]
         wh, ww = min(self.window, h), min(self.window, w)
         n_cond = wh * ww if spatial is not None else prefix.shape[1]  # type: ignore[union-attr]
         max_len = n_cond + wh * ww - 1
@@ -174,16 +211,20 @@ class SlidingWindowSampler(Sampler):
                         if not keep_many:
                             spare.extend(caches.values())
                             caches.clear()
-                        cache = spare.pop() if spare else prior.new_cache(batch_size, max_len,
+                        cache = spare.pop() if spare else prior.new_cache(rows, max_len,
                                                                           device=device)
                         cache.reset()
                         caches[key] = cache
                     pos = n_cond + (i - i0) * ww + (j - j0)
                     crop = out[:, i0:i0 + wh, j0:j0 + ww].reshape(batch_size, -1)
-                    cond = (spatial[:, i0:i0 + wh, j0:j0 + ww].reshape(batch_size, -1)
+                    if guided:
+                        crop = crop.repeat(2, 1)
+                    cond = (spatial[:, i0:i0 + wh, j0:j0 + ww].reshape(rows, -1)
                             if spatial is not None else prefix)
                     seq = torch.cat([cond, crop], dim=1)[:, cache.length:pos]
                     logits = prior.forward_cached(seq, cache)[:, -1]
+                    if guided:
+                        logits = guide(logits, self.guidance_scale)
                     out[:, i, j] = self.options.choose(logits, generator)
                     done += 1
                     if self.progress is not None:
