@@ -43,7 +43,7 @@ def test_few_rows_take_the_blocked_path(monkeypatch):
 
 
 @pytest.mark.parametrize("case", ["many_rows", "bfloat16", "hooked", "subclass",
-                                  "indivisible", "transposed_weight"])
+                                  "indivisible", "transposed_weight", "autocast"])
 def test_other_inputs_go_through_the_layer(case):
     layer = _layer(32, 48)
     x = torch.randn(2, 32)
@@ -66,6 +66,11 @@ def test_other_inputs_go_through_the_layer(case):
     elif case == "transposed_weight":
         with torch.no_grad():
             layer.weight = nn.Parameter(torch.randn(32, 48).t())
+    if case == "autocast":
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got, want = decode_linear(x, layer), layer(x)
+        assert got.dtype == want.dtype == torch.bfloat16 and torch.equal(got, want)
+        return
     got = decode_linear(x, layer)
     assert torch.equal(got, F.linear(x, layer.weight, layer.bias))
     if case in ("hooked", "subclass"):

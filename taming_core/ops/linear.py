@@ -11,8 +11,8 @@ matmul takes a different BLAS path that runs at the memory bandwidth: 4.3 ms the
 for the same weights (``benchmarks/sampling.py`` has the end-to-end figures).
 
 Results equal ``F.linear`` up to float rounding (the same products, summed by another
-kernel). Other devices, dtypes, more rows and ``nn.Linear`` subclasses or hooked
-layers go through the layer itself.
+kernel). Other devices, dtypes, more rows, CPU autocast and ``nn.Linear`` subclasses
+or hooked layers go through the layer itself.
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ def decode_linear(x: Tensor, layer: nn.Linear) -> Tensor:
     rows = x.numel() // in_features if in_features else 0
     if (not 0 < rows <= DECODE_MAX_ROWS or not x.is_cpu or x.dtype is not torch.float32
             or weight.dtype is not torch.float32 or type(layer) is not nn.Linear
-            or layer._forward_hooks or layer._forward_pre_hooks or not weight.is_contiguous()):
+            or layer._forward_hooks or layer._forward_pre_hooks or not weight.is_contiguous()
+            or torch.is_autocast_enabled("cpu")):
         return layer(x)
     out_features = weight.shape[0]
     blocks = _row_blocks(out_features)
