@@ -87,6 +87,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--name", default=None,
+                        help="results file name (default: lookup, or lookup_grid for the full grid)")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.set_num_threads(CPU_THREADS)
@@ -102,8 +104,10 @@ def main() -> None:
              "CPU peak memory: RSS high-water mark above the pre-call RSS, one fresh process "
              "per (case, method).",
              "full-matrix (original) = z² + e² - 2 z·eᵀ materialised, then argmin."]
-    write_results("lookup", rows, columns=cols, title="Nearest-codebook lookup", notes=notes,
-                  device=device, meta={"quick": args.quick, "repeats": args.repeats})
+    name = args.name or ("lookup" if args.quick else "lookup_grid")
+    title = "Nearest-codebook lookup" + ("" if args.quick else " — full grid")
+    write_results(name, rows, columns=cols, title=title, notes=notes, device=device,
+                  meta={"quick": args.quick, "repeats": args.repeats})
 
 
 if __name__ == "__main__":

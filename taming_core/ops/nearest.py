@@ -55,9 +55,10 @@ def _nearest_torch(z: Tensor, codebook: Tensor) -> tuple[Tensor, Tensor]:
     Pass 1 computes, per row block, every code block's distances (one matmul into a
     cache-sized buffer) and keeps only each block's row minima (a fast vectorised
     ``amin``). The winning block of each row is the first block holding its minimum.
-    Pass 2 groups rows by winning block and recomputes just that block for them to
-    find the index. The index search (slow on CPU) thus touches 1/num_blocks of the
-    distances, and the extra matmul work is one block width per row.
+    Pass 2 groups all rows by winning block and recomputes just that block for them,
+    in row chunks of the pass-1 size, to find the index. The index search (slow on CPU)
+    thus touches 1/num_blocks of the distances, and the extra matmul work is one block
+    width per row, done in a few large matmuls.
     """
     n, dim = z.shape
     k = codebook.shape[0]
@@ -70,7 +71,8 @@ def _nearest_torch(z: Tensor, codebook: Tensor) -> tuple[Tensor, Tensor]:
     best_val = torch.empty(n, dtype=torch.float32, device=z.device)
     block = torch.empty(rows * cols, dtype=torch.float32, device=z.device)
     z_aug = torch.ones(rows, dim + 1, dtype=torch.float32, device=z.device)
-    minima = torch.empty(rows, n_blocks, dtype=torch.float32, device=z.device)
+    minima = torch.empty(n_blocks, rows, dtype=torch.float32, device=z.device)  # rows contiguous
+    winner = torch.empty(n, dtype=torch.long, device=z.device)
     for r0 in range(0, n, rows):
         rr = min(rows, n - r0)
         zb = z_aug[:rr]
@@ -80,29 +82,33 @@ def _nearest_torch(z: Tensor, codebook: Tensor) -> tuple[Tensor, Tensor]:
             torch.mm(zb, e_aug, out=d)
             torch.min(d, 1, out=(best_val[r0:r0 + rr], best_idx[r0:r0 + rr]))
             continue
-        mins = minima[:rr]
+        mins = minima[:, :rr]
         for j in range(n_blocks):  # pass 1: block minima only
             c0 = j * cols
             cc = min(cols, k - c0)
             d = block[:rr * cc].view(rr, cc)
             torch.mm(zb, e_aug[:, c0:c0 + cc], out=d)
-            torch.amin(d, 1, out=mins[:, j])
-        winner = mins.argmin(1)  # first block holding the minimum: ties go low
-        order = torch.argsort(winner, stable=True)
-        counts = torch.bincount(winner, minlength=n_blocks).tolist()
-        start = 0
-        for j, count in enumerate(counts):  # pass 2: index inside the winning block
-            if count == 0:
-                continue
-            sel = order[start:start + count]
-            start += count
-            c0 = j * cols
-            cc = min(cols, k - c0)
-            d = block[:count * cc].view(count, cc)
-            torch.mm(zb.index_select(0, sel), e_aug[:, c0:c0 + cc], out=d)
+            torch.amin(d, 1, out=mins[j])
+        torch.argmin(mins, 0, out=winner[r0:r0 + rr])  # first block holding the minimum
+    if n_blocks == 1:
+        return best_idx, best_val
+    order = torch.argsort(winner, stable=True)
+    counts = torch.bincount(winner, minlength=n_blocks).tolist()
+    start = 0
+    for j, count in enumerate(counts):  # pass 2: index inside the winning block
+        c0 = j * cols
+        cc = min(cols, k - c0)
+        for s0 in range(start, start + count, rows):
+            sel = order[s0:min(s0 + rows, start + count)]
+            m = sel.numel()
+            zb = z_aug[:m]
+            torch.mul(z.index_select(0, sel), -2.0, out=zb[:, :dim])
+            d = block[:m * cc].view(m, cc)
+            torch.mm(zb, e_aug[:, c0:c0 + cc], out=d)
             val, idx = torch.min(d, 1)
-            best_idx[r0 + sel] = idx + c0
-            best_val[r0 + sel] = val
+            best_idx[sel] = idx + c0
+            best_val[sel] = val
+        start += count
     return best_idx, best_val
 
 
