@@ -21,7 +21,7 @@ from torch import nn
 from taming_core.errors import CheckpointError, ValidationError
 from taming_plugins.cli import main
 from taming_plugins.eval import (FidFeatureExtractor, FidUnavailableError, ReferenceStatsCache, TensorImages,
-                                 dataset_fingerprint, evaluate, fid_available, rfid_if_available, stats_of)
+                                 dataset_identity, evaluate, fid_available, rfid_if_available, stats_of)
 from taming_plugins.eval.cache import cache_key
 
 SEED = 0
@@ -197,19 +197,19 @@ def test_reference_cache_reused_and_invalidated(extractor, tmp_path):
 def test_cache_rejects_entries_of_another_key(extractor, tmp_path):
     cache = ReferenceStatsCache(tmp_path)
     data = TensorImages(_images(6))
-    fp = dataset_fingerprint(data, "tensor")
+    fp = dataset_identity(data, "tensor")
     stats = stats_of(extractor, _batches(data.images, 3), "ref")
     key = cache_key(fp, extractor.identity, 6)
     path = cache.save(key, stats)
     assert cache.load(key) is not None and cache.hits == 1
-    other = cache_key(dataset_fingerprint(TensorImages(_images(6, seed=9)), "tensor"), extractor.identity, 6)
+    other = cache_key(dataset_identity(TensorImages(_images(6, seed=9)), "tensor"), extractor.identity, 6)
     assert cache.load(other) is None
     # A file whose stored key does not match (e.g. renamed or tampered) is never used.
     path.rename(cache.path_for(other))
     assert cache.load(other) is None
     cache.path_for(key).write_bytes(b"corrupt")
     assert cache.load(key) is None
-    assert dataset_fingerprint([1, 2, 3]) is None  # unidentifiable data: no caching
+    assert dataset_identity([1, 2, 3]) is None  # unidentifiable data: no caching
 
 
 @needs_fid

@@ -13,7 +13,7 @@ FID needs the ``eval`` extra (``pip install 'taming[eval]'``); it is imported la
 
 from __future__ import annotations
 
-from .cache import ReferenceStatsCache, dataset_fingerprint, default_cache_dir
+from .cache import ReferenceStatsCache, dataset_identity, default_cache_dir
 from .codebook import CodebookStats
 from .evaluate import (ALL_METRICS, RECONSTRUCTION_METRICS, EvalReport, TensorImages, evaluate,
                        parse_metrics, rfid_if_available, stats_of_samples)
@@ -25,7 +25,7 @@ from .report import write_report
 __all__ = [
     "ALL_METRICS", "DEFAULT_FEATURE_NET", "RECONSTRUCTION_METRICS", "CodebookStats", "EvalReport",
     "FeatureStats", "FidFeatureExtractor", "FidUnavailableError", "PerceptualDistance",
-    "ReferenceStatsCache", "TensorImages", "dataset_fingerprint", "default_cache_dir", "evaluate",
+    "ReferenceStatsCache", "TensorImages", "dataset_identity", "default_cache_dir", "evaluate",
     "fid_available", "frechet_distance", "load_lpips", "parse_metrics", "psnr", "rfid_if_available",
     "ssim", "stats_of", "stats_of_samples", "to_unit_range", "write_report",
 ]

@@ -1,7 +1,7 @@
 """On-disk cache of FID reference statistics, keyed so a stale entry is never used.
 
 Computing Inception statistics of a reference set is the slow part of FID. They are
-cached per *key*: the data set's identity (:func:`dataset_fingerprint`: the spec, the
+cached per *key*: the data set's identity (:func:`dataset_identity`: the spec, the
 dataset's settings, and a digest of its files' paths, sizes and modification times, or
 of its in-memory images), the image resolution, the number of images and the
 feature network's identity (its file hash and preprocessing). The file name is a hash
@@ -70,7 +70,7 @@ def _array_digest(array: Any) -> str:
     return hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest()
 
 
-def dataset_fingerprint(dataset: Any, spec: Optional[str] = None) -> Optional[dict[str, Any]]:
+def dataset_identity(dataset: Any, spec: Optional[str] = None) -> Optional[dict[str, Any]]:
     """A JSON-ready identity of ``dataset``, or None when it cannot be identified.
 
     Recognised: a ``fingerprint()`` method (used as is), a ``files`` list (image

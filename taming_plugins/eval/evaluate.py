@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from taming_core.errors import ValidationError
 from taming_core.validation import check_positive, check_tensor
 
-from .cache import ReferenceStatsCache, cache_key, dataset_fingerprint
+from .cache import ReferenceStatsCache, cache_key, dataset_identity
 from .codebook import CodebookStats
 from .fid import DEFAULT_FEATURE_NET, FeatureStats, FidFeatureExtractor, fid_available
 from .metrics import PerceptualDistance, load_lpips, psnr, ssim
@@ -217,11 +217,11 @@ def evaluate(model: Any, dataset: Dataset, *, metrics: Union[str, Sequence[str]]
     if needs_fid:
         assert fid_extractor is not None
         report.details["feature_net"] = fid_extractor.identity
-        fingerprint = dataset_fingerprint(dataset, dataset_spec)
-        if cache is not None and fingerprint is None:
+        identity = dataset_identity(dataset, dataset_spec)
+        if cache is not None and identity is None:
             log.warning("FID reference statistics not cached: the data set cannot be identified")
-        key = (cache_key(fingerprint, fid_extractor.identity, n)
-               if cache is not None and fingerprint is not None else None)
+        key = (cache_key(identity, fid_extractor.identity, n)
+               if cache is not None and identity is not None else None)
         ref_stats = cache.load(key) if key is not None and cache is not None else None
         report.details["reference_stats_cached"] = ref_stats is not None
 
