@@ -3,6 +3,10 @@ only where it is safe."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -86,3 +90,18 @@ def test_gradients_match_linear():
     layer(x).square().sum().backward()
     for a, b in zip(got, (x.grad, layer.weight.grad, layer.bias.grad)):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_environment_switch_disables_the_blocked_path():
+    code = "from taming_core.ops import linear; print(linear.DECODE_MAX_ROWS)"
+    env = {**os.environ, linear_mod.DISABLE_ENV: "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=env)
+    assert out.stdout.strip() == "0"
+
+
+def test_zero_max_rows_uses_the_layer(monkeypatch):
+    monkeypatch.setattr(linear_mod, "DECODE_MAX_ROWS", 0)
+    layer = _layer(16, 24)
+    x = torch.randn(1, 16)
+    assert torch.equal(decode_linear(x, layer), F.linear(x, layer.weight, layer.bias))

@@ -18,14 +18,19 @@ or hooked layers go through the layer itself.
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+#: Environment switch that turns the blocked path off (e.g. if another BLAS is slower
+#: with it): ``TAMING_DISABLE_DECODE_LINEAR=1``.
+DISABLE_ENV = "TAMING_DISABLE_DECODE_LINEAR"
 #: Inputs with at most this many rows (product of the leading dims) take the blocked
 #: path; measured faster than ``F.linear`` up to 16 rows on the machine named above.
-DECODE_MAX_ROWS = 16
+#: 0 disables the path.
+DECODE_MAX_ROWS = 0 if os.environ.get(DISABLE_ENV, "") not in ("", "0") else 16
 #: Preferred numbers of row stacks, first that divides the output width wins.
 ROW_BLOCKS = (8, 4, 2, 5, 3, 7)
 
