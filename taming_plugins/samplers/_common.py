@@ -60,6 +60,23 @@ def guide(logits: Tensor, scale: float) -> Tensor:
     return uncond + scale * (cond - uncond)
 
 
+def stack_null_prefix(prefix: Tensor, null_condition: Optional[Tensor], vocab_size: int,
+                      name: str) -> Tensor:
+    """[prefix; null prefix] stacked along the batch for guidance. ``null_condition`` is
+    Long 1×L or B×L prefix tokens with the condition's length L."""
+    if not isinstance(null_condition, Tensor) or null_condition.dim() != 2:
+        shape = tuple(null_condition.shape) if isinstance(null_condition, Tensor) else \
+            type(null_condition).__name__
+        raise ValidationError(f"{name}: expected a Long 1×L or B×L prefix with the condition's "
+                              f"length L={prefix.shape[1]}, got {shape}")
+    null = prefix_condition(null_condition, (0, 0), prefix.shape[0], None, vocab_size, name,
+                            prefix.device)
+    if null.shape[1] != prefix.shape[1]:
+        raise ValidationError(f"{name}: expected the condition's length {prefix.shape[1]}, "
+                              f"got {null.shape[1]}")
+    return torch.cat([prefix, null], dim=0)
+
+
 def expand_batch(x: Tensor, batch_size: int, name: str) -> Tensor:
     """Broadcast a condition with batch 1 to ``batch_size``; any other mismatch raises."""
     if x.shape[0] == batch_size:

@@ -16,7 +16,7 @@ from taming_core.interfaces import ProgressCallback
 from taming_core.validation import check_positive
 
 from ._common import (check_grid, check_guidance, check_prior, check_progress, check_sos,
-                      expand_batch, guide, prefix_condition, prior_device, sampling_mode)
+                      guide, prefix_condition, prior_device, sampling_mode, stack_null_prefix)
 from ._filtering import SamplingOptions
 
 
@@ -54,16 +54,6 @@ class AutoregressiveSampler(Sampler):
         check_progress(progress, "autoregressive(progress)")
         self.progress = progress
 
-    def _guided_prefix(self, prefix: Tensor, vocab_size: int) -> Tensor:
-        """[condition; null condition] stacked along the batch for guidance."""
-        name = "autoregressive(null_condition)"
-        null = prefix_condition(self.null_condition, (0, 0), prefix.shape[0], None, vocab_size,
-                                name, prefix.device)
-        if null.shape[1] != prefix.shape[1]:
-            raise ValidationError(f"{name}: expected the condition's length {prefix.shape[1]}, "
-                                  f"got {null.shape[1]}")
-        return torch.cat([prefix, expand_batch(null, prefix.shape[0], name)], dim=0)
-
     def sample(self, prior: Prior, grid: tuple[int, int] = (16, 16), *, batch_size: int = 1,
                condition: Optional[Tensor] = None,
                generator: Optional[torch.Generator] = None) -> Tensor:
@@ -84,7 +74,8 @@ class AutoregressiveSampler(Sampler):
                 "the sliding_window sampler for larger grids")
         guided = self.guidance_scale != 1.0
         if guided:
-            prefix = self._guided_prefix(prefix, prior.vocab_size)
+            prefix = stack_null_prefix(prefix, self.null_condition, prior.vocab_size,
+                                       "autoregressive(null_condition)")
         out = torch.empty(batch_size, n, dtype=torch.long, device=device)
         with sampling_mode(prior):
             cache = prior.new_cache(prefix.shape[0], total, device=device)

@@ -47,7 +47,7 @@ from taming_core.validation import check_choice, check_positive, check_tensor
 
 from ._common import (check_grid, check_guidance, check_prior, check_progress, check_sos,
                       check_token_range, expand_batch, guide, prefix_condition, prior_device,
-                      sampling_mode)
+                      sampling_mode, stack_null_prefix)
 from ._filtering import SamplingOptions
 
 POLICIES = ("taming", "cached")
@@ -157,18 +157,11 @@ class SlidingWindowSampler(Sampler):
         """Stack the null condition under the condition along the batch (guidance)."""
         name = "sliding_window(null_condition)"
         null = self.null_condition
-        if not isinstance(null, Tensor):
-            raise ValidationError(f"{name}: expected a Long tensor, got {type(null).__name__}")
         if spatial is not None:
             check_tensor(null, name, dims=("B", grid[0], grid[1]), dtype="long")
             check_token_range(null, prior.vocab_size, name)
             return torch.cat([spatial, expand_batch(null.to(device), batch_size, name)]), None
-        if null.dim() != 2 or null.shape[1] != prefix.shape[1]:  # type: ignore[union-attr]
-            raise ValidationError(f"{name}: expected a Long 1×L or B×L prefix with the "
-                                  f"condition's length L={prefix.shape[1]}, got shape "  # type: ignore[union-attr]
-                                  f"{tuple(null.shape)}")
-        null = prefix_condition(null, grid, batch_size, None, prior.vocab_size, name, device)
-        return None, torch.cat([prefix, null])  # type: ignore[list-item]
+        return None, stack_null_prefix(prefix, null, prior.vocab_size, name)  # type: ignore[arg-type]
 
     def sample(self, prior: Prior, grid: tuple[int, int] = (32, 32), *, batch_size: int = 1,
                condition: Optional[Tensor] = None,
