@@ -16,6 +16,16 @@ from taming_core.ops import decode_linear
 from taming_core.ops import linear as linear_mod
 
 
+#: The library's weight-size rule, kept for the test that checks it.
+DEFAULT_MIN_WEIGHT_BYTES = linear_mod.DECODE_MIN_WEIGHT_BYTES
+
+
+@pytest.fixture(autouse=True)
+def blocked_path_for_small_layers(monkeypatch):
+    """The test layers are small: let them take the blocked path."""
+    monkeypatch.setattr(linear_mod, "DECODE_MIN_WEIGHT_BYTES", 0)
+
+
 def _layer(in_features: int, out_features: int, bias: bool = True) -> nn.Linear:
     torch.manual_seed(in_features * 1000 + out_features)
     return nn.Linear(in_features, out_features, bias=bias)
@@ -105,3 +115,22 @@ def test_zero_max_rows_uses_the_layer(monkeypatch):
     layer = _layer(16, 24)
     x = torch.randn(1, 16)
     assert torch.equal(decode_linear(x, layer), F.linear(x, layer.weight, layer.bias))
+
+
+def test_small_weights_use_the_layer_and_large_ones_the_blocked_path(monkeypatch):
+    monkeypatch.setattr(linear_mod, "DECODE_MIN_WEIGHT_BYTES", DEFAULT_MIN_WEIGHT_BYTES)
+    small = _layer(128, 128)  # 64 KB: stays in cache, F.linear is faster
+    large = _layer(512, 512)  # 1 MiB: streamed from memory every step
+    calls = []
+    real_baddbmm = torch.baddbmm
+
+    def counting_baddbmm(*args, **kwargs):
+        calls.append(args[1].shape)
+        return real_baddbmm(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "baddbmm", counting_baddbmm)
+    x_small, x_large = torch.randn(1, 128), torch.randn(1, 512)
+    assert torch.equal(decode_linear(x_small, small), small(x_small))
+    assert not calls
+    assert torch.allclose(decode_linear(x_large, large), large(x_large), atol=1e-5)
+    assert len(calls) == 1

@@ -10,9 +10,13 @@ row-major matrix) and multiplying each stack by the input columns with one batch
 matmul takes a different BLAS path that runs at the memory bandwidth: 4.3 ms there
 for the same weights (``benchmarks/sampling.py`` has the end-to-end figures).
 
+Small weights are left to ``F.linear``: they stay in cache between steps, so there is
+no bandwidth to win and the batched call only adds overhead (a 4-layer, 128-wide GPT
+sampled at 0.6–0.75× the speed of ``F.linear`` with its 64–256 KB weights blocked).
+
 Results equal ``F.linear`` up to float rounding (the same products, summed by another
-kernel). Other devices, dtypes, more rows, CPU autocast and ``nn.Linear`` subclasses
-or hooked layers go through the layer itself.
+kernel). Other devices, dtypes, more rows, small weights, CPU autocast and
+``nn.Linear`` subclasses or hooked layers go through the layer itself.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ DISABLE_ENV = "TAMING_DISABLE_DECODE_LINEAR"
 #: path; measured faster than ``F.linear`` up to 16 rows on the machine named above.
 #: 0 disables the path.
 DECODE_MAX_ROWS = 0 if os.environ.get(DISABLE_ENV, "") not in ("", "0") else 16
+#: Weights smaller than this (bytes) go through ``F.linear`` (see the module docs); the
+#: 512×512 fp32 matrices of the benchmark model (1 MiB) are the smallest measured to gain.
+DECODE_MIN_WEIGHT_BYTES = 1 << 20
 #: Preferred numbers of row stacks, first that divides the output width wins.
 ROW_BLOCKS = (8, 4, 2, 5, 3, 7)
 
@@ -54,6 +61,7 @@ def decode_linear(x: Tensor, layer: nn.Linear) -> Tensor:
     if (not 0 < rows <= DECODE_MAX_ROWS or not x.is_cpu or x.dtype is not torch.float32
             or weight.dtype is not torch.float32 or type(layer) is not nn.Linear
             or layer._forward_hooks or layer._forward_pre_hooks or not weight.is_contiguous()
+            or weight.numel() * weight.element_size() < DECODE_MIN_WEIGHT_BYTES
             or torch.is_autocast_enabled("cpu")):
         return layer(x)
     out_features = weight.shape[0]
