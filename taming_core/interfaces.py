@@ -17,12 +17,26 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, ClassVar, Optional
 
 import torch
 from torch import Tensor, nn
 
 Metrics = dict[str, float]
+
+
+# --------------------------------------------------------------------------- optional members
+class StepAware:
+    """Declares "takes the training step": trainers call :meth:`set_step` on every
+    sub-module that is ``StepAware`` before each training forward (and once on resume),
+    so step-driven schedules (e.g. a Gumbel temperature) need no state of their own.
+
+    Every core component class inherits it with the no-op default, so a plugin that has
+    no schedule does nothing.
+    """
+
+    def set_step(self, step: int) -> None:
+        """Called with the global training step (micro-batches counted); default: no-op."""
 
 
 # --------------------------------------------------------------------------- quantizers
@@ -46,7 +60,7 @@ class QuantizerOutput:
     metrics: Metrics = field(default_factory=dict)
 
 
-class Quantizer(nn.Module, ABC):
+class Quantizer(nn.Module, StepAware, ABC):
     """Maps a continuous latent B×C×H×W to discrete codes and back."""
 
     @abstractmethod
@@ -87,7 +101,7 @@ class Encoded:
     metrics: Metrics = field(default_factory=dict)
 
 
-class Tokenizer(nn.Module, ABC):
+class Tokenizer(nn.Module, StepAware, ABC):
     """Stage 1: images <-> grids of discrete tokens."""
 
     @abstractmethod
@@ -121,6 +135,13 @@ class Tokenizer(nn.Module, ABC):
     def vocab_size(self) -> int:
         """Number of distinct token ids."""
 
+    @property
+    def last_layer(self) -> Optional[Tensor]:
+        """The decoder's last weight, for the stage-1 loss's adaptive GAN weight (the
+        ratio of the reconstruction and GAN gradient norms there). Default ``None``: the
+        trainer then uses the fixed discriminator weight and says so once."""
+        return None
+
 
 # --------------------------------------------------------------------------- priors
 class PriorCache(ABC):
@@ -141,28 +162,84 @@ class PriorCache(ABC):
         """Keep only the first ``length`` positions."""
 
 
-class Prior(nn.Module, ABC):
-    """Stage 2: autoregressive model over raw token ids.
+#: Family names a :class:`Prior` declares (``Prior.family``) and a :class:`Sampler` drives.
+FAMILIES: tuple[str, ...] = ("autoregressive", "masked")
+
+
+class Prior(nn.Module, StepAware, ABC):
+    """Stage 2: a model over raw token ids, of one declared family.
 
     Condition tokens (SOS, class labels, condition-tokenizer ids) are part of the
     sequence, as in the original Net2NetTransformer: the caller offsets ids so the
     vocabularies do not collide.
+
+    The training objective belongs to the prior (:meth:`loss`); the stage-2 trainer only
+    feeds it. Families: :class:`AutoregressivePrior` (next-token logits and a cache) and
+    :class:`MaskedPrior` (bidirectional logits at every position, parallel decoding).
     """
+
+    #: The family this prior belongs to (one of :data:`FAMILIES`); samplers check it.
+    family: ClassVar[str] = ""
+
+    #: Registered name of the sampler used when a config names none (trainer grids,
+    #: ``Pipeline`` without a sampler).
+    default_sampler: ClassVar[str] = ""
+
+    @abstractmethod
+    def loss(self, tokens: Tensor, condition: Optional[Tensor] = None, *,
+             generator: Optional[torch.Generator] = None, inputs: Optional[Tensor] = None) -> Tensor:
+        """Scalar training loss of image ``tokens`` (Long B×T) given ``condition`` (Long
+        B×L prefix tokens in the prior's vocabulary, or None).
+
+        ``generator`` drives any randomness of the objective (e.g. the masking of a
+        masked prior). ``inputs`` (Long B×T, optional) replaces ``tokens`` as the network
+        input while ``tokens`` stay the targets: trainer-side corruption such as pkeep.
+        Each family documents what it does with it.
+        """
+
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int:
+        """Size of the output vocabulary V."""
+
+    @property
+    @abstractmethod
+    def block_size(self) -> int:
+        """Maximum sequence length the prior attends over (condition prefix included)."""
+
+    def parameter_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """Optimizer parameter groups. Default: ``weight_decay`` on parameters of two or
+        more dimensions (weight matrices, convolution kernels, embeddings), none on
+        biases and norm scales. Priors with another rule override it."""
+        decay = [p for p in self.parameters() if p.requires_grad and p.dim() >= 2]
+        no_decay = [p for p in self.parameters() if p.requires_grad and p.dim() < 2]
+        return [{"params": decay, "weight_decay": float(weight_decay)},
+                {"params": no_decay, "weight_decay": 0.0}]
+
+
+class AutoregressivePrior(Prior):
+    """Next-token prior: position t predicts token t+1; incremental decoding via a cache."""
+
+    family: ClassVar[str] = "autoregressive"
+    default_sampler: ClassVar[str] = "autoregressive"
 
     @abstractmethod
     def forward(self, tokens: Tensor) -> Tensor:
         """Long B×T token ids (T <= block_size) -> float logits B×T×V; position t
         predicts token t+1."""
 
-    def loss(self, tokens: Tensor, condition: Optional[Tensor] = None) -> Tensor:
-        """Mean cross-entropy of ``tokens`` (Long B×T) given ``condition`` (Long B×L
-        prefix tokens, or None: then ``tokens[:, 0]`` is the start token and only
-        ``tokens[:, 1:]`` are predicted)."""
-        seq = tokens if condition is None else torch.cat([condition, tokens], dim=1)
+    def loss(self, tokens: Tensor, condition: Optional[Tensor] = None, *,
+             generator: Optional[torch.Generator] = None, inputs: Optional[Tensor] = None) -> Tensor:
+        """Mean next-token cross-entropy of ``tokens`` (Long B×T) given ``condition``
+        (Long B×L prefix tokens, or None: then ``tokens[:, 0]`` is the start token and only
+        ``tokens[:, 1:]`` are predicted). ``inputs`` (pkeep-corrupted tokens) are fed in
+        place of ``tokens``; the targets stay ``tokens``. ``generator`` is unused."""
+        fed = tokens if inputs is None else inputs
+        seq = fed if condition is None else torch.cat([condition, fed], dim=1)
         logits = self(seq[:, :-1])
         n_pred = tokens.shape[1] - (1 if condition is None else 0)
         logits = logits[:, -n_pred:]
-        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
                                            tokens[:, -n_pred:].reshape(-1))
 
     @abstractmethod
@@ -175,19 +252,28 @@ class Prior(nn.Module, ABC):
         """Append Long B×t tokens to ``cache`` (prefill if t > 1, one step if t == 1)
         and return their logits B×t×V."""
 
-    @property
-    @abstractmethod
-    def vocab_size(self) -> int:
-        """Size of the output vocabulary V."""
+
+class MaskedPrior(Prior):
+    """Bidirectional prior over partly masked token sequences (MaskGIT / absorbing-state
+    discrete diffusion): every position sees every other; masked positions hold
+    :attr:`mask_id`."""
+
+    family: ClassVar[str] = "masked"
+    default_sampler: ClassVar[str] = "maskgit"
 
     @property
     @abstractmethod
-    def block_size(self) -> int:
-        """Maximum sequence length the prior attends over."""
+    def mask_id(self) -> int:
+        """The id of the mask token in the input vocabulary (never an output)."""
+
+    @abstractmethod
+    def forward(self, tokens: Tensor, condition: Optional[Tensor] = None) -> Tensor:
+        """Long B×T image tokens (some equal to :attr:`mask_id`) and an optional Long B×L
+        condition prefix -> float logits B×T×V at every image position."""
 
 
 # --------------------------------------------------------------------------- discriminators
-class Discriminator(nn.Module, ABC):
+class Discriminator(nn.Module, StepAware, ABC):
     """Real/fake classifier for the adversarial part of the stage-1 loss."""
 
     @abstractmethod
@@ -197,7 +283,7 @@ class Discriminator(nn.Module, ABC):
 
 # --------------------------------------------------------------------------- losses
 class PerceptualLoss(nn.Module, ABC):
-    """Distance between images in a feature space (registered as kind ``loss``)."""
+    """Distance between images in a feature space (registered as kind ``perceptual``)."""
 
     @abstractmethod
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
@@ -205,7 +291,7 @@ class PerceptualLoss(nn.Module, ABC):
 
 
 class GANObjective(ABC):
-    """Adversarial objective on discriminator logits (registered as kind ``loss``)."""
+    """Adversarial objective on discriminator logits (registered as kind ``gan``)."""
 
     @abstractmethod
     def generator_loss(self, logits_fake: Tensor) -> Tensor:
@@ -216,13 +302,76 @@ class GANObjective(ABC):
         """Scalar loss the discriminator minimises."""
 
 
+class AutoencoderLoss(nn.Module, StepAware, ABC):
+    """The stage-1 objective the tokenizer trainer drives (registered as kind
+    ``autoencoder_loss``; the built-in is ``vqgan``): a generator (tokenizer) loss, and an
+    optional discriminator with its own loss.
+
+    Both losses return ``(scalar loss, float metrics for logging)``; metrics may be
+    computed lazily by the trainer only on logging steps, so implementations should
+    return tensors' ``.detach()`` values cheaply.
+    """
+
+    @property
+    def discriminator(self) -> Optional[Discriminator]:
+        """The discriminator the trainer optimises with its own optimizer, or None
+        (default: no adversarial part)."""
+        return None
+
+    @property
+    def perceptual(self) -> Optional[PerceptualLoss]:
+        """The perceptual distance used (validation reports it), or None (default)."""
+        return None
+
+    def discriminator_active(self, step: int) -> bool:
+        """Whether the discriminator step runs at ``step`` (default: when there is one)."""
+        return self.discriminator is not None
+
+    @abstractmethod
+    def generator_loss(self, inputs: Tensor, reconstructions: Tensor, quant_loss: Tensor, *,
+                       step: int, last_layer: Optional[Tensor] = None) -> tuple[Tensor, Metrics]:
+        """Tokenizer loss; ``last_layer`` is :attr:`Tokenizer.last_layer` (may be None)."""
+
+    def discriminator_loss(self, inputs: Tensor, reconstructions: Tensor, *,
+                           step: int) -> tuple[Tensor, Metrics]:
+        """Discriminator loss (inputs and reconstructions detached). Required when
+        :attr:`discriminator` is not None."""
+        raise NotImplementedError(f"{type(self).__name__} has a discriminator but no discriminator_loss")
+
+
 # --------------------------------------------------------------------------- conditioning
-class Conditioner(nn.Module, ABC):
+class Conditioner(nn.Module, StepAware, ABC):
     """Turns side information (a class label, a depth map...) into condition tokens.
 
     Condition tokens use ids in ``[0, vocab_size)``; a prior that sees both
     condition and image tokens offsets them as its configuration says.
     """
+
+    #: True when :meth:`forward` returns a B×h×w grid aligned with the image grid
+    #: (default False: a B×L prefix).
+    spatial: ClassVar[bool] = False
+
+    @property
+    def null_id(self) -> Optional[int]:
+        """The local id that stands for "no condition" (classifier-free guidance), or
+        None (the default) when the conditioner has none."""
+        return None
+
+    @property
+    def takes_condition(self) -> bool:
+        """Whether :meth:`forward` uses side information (False for conditioners such as
+        SOS that only need a batch size). Default True."""
+        return True
+
+    def null_condition(self, tokens: Tensor) -> Tensor:
+        """Condition tokens shaped like ``tokens`` that all hold :attr:`null_id`."""
+        null = self.null_id
+        if null is None:
+            from .errors import ValidationError
+            raise ValidationError(
+                f"{type(self).__name__} has no null condition; enable it (e.g. null_token=True) "
+                "to train or sample with classifier-free guidance")
+        return torch.full_like(tokens, null)
 
     @abstractmethod
     def forward(self, condition: Any) -> Tensor:
@@ -240,6 +389,9 @@ ProgressCallback = Callable[[int, int], None]
 
 class Sampler(ABC):
     """Draws token grids from a :class:`Prior`."""
+
+    #: The prior family this sampler drives (one of :data:`FAMILIES`).
+    family: ClassVar[str] = "autoregressive"
 
     @abstractmethod
     def sample(self, prior: Prior, grid: tuple[int, int] = (16, 16), *, batch_size: int = 1,

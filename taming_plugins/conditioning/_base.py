@@ -19,9 +19,6 @@ class ConditionerBase(Conditioner):
     it for the unconditional branch.
     """
 
-    #: True when :meth:`forward` returns a B×h×w grid aligned with the image grid.
-    spatial: bool = False
-
     #: Whether one extra id, right after the real ones, stands for "no condition".
     null_token: bool = False
 
@@ -39,15 +36,6 @@ class ConditionerBase(Conditioner):
     def null_id(self) -> Optional[int]:
         """The local id of the null condition, or None when there is none."""
         return self.num_ids if self.null_token else None
-
-    def null_condition(self, tokens: Tensor) -> Tensor:
-        """Condition tokens shaped like ``tokens`` that all hold the null id."""
-        null = self.null_id
-        if null is None:
-            raise ValidationError(
-                f"{type(self).__name__} has no null condition; enable it (e.g. null_token=True) "
-                "to train with classifier-free guidance dropout")
-        return torch.full_like(tokens, null)
 
     def extra_repr(self) -> str:
         return f"vocab_size={self.vocab_size}, null_id={self.null_id}"

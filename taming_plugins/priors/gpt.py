@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from taming_core import Prior, PriorCache, ValidationError, register
+from taming_core import AutoregressivePrior, PriorCache, ValidationError, register
 from taming_core.ops import decode_linear
 from taming_core.validation import check_positive, check_tensor
 
@@ -132,7 +132,7 @@ class Block(nn.Module):
 
 
 @register("prior", "gpt")
-class GPT(Prior):
+class GPT(AutoregressivePrior):
     """minGPT decoder-only transformer prior (original Net2NetTransformer layout).
 
     Args:
