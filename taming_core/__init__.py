@@ -12,12 +12,12 @@ from .interfaces import (FAMILIES, AutoencoderLoss, AutoregressivePrior, Conditi
                          Quantizer, QuantizerOutput, Sampler, StepAware, Tokenizer)
 from .pipeline import Pipeline
 from .plugins import load_plugins, plugin_status
-from .registry import KINDS, Entry, available, create, create_from_spec, entries, get, get_entry, register, spec_of, unregister
+from .registry import KIND_ALIASES, KINDS, Entry, available, create, create_from_spec, entries, get, get_entry, register, spec_of, unregister
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "KINDS", "Entry", "available", "build", "create", "create_from_spec", "entries", "get", "get_entry",
+    "KIND_ALIASES", "KINDS", "Entry", "available", "build", "create", "create_from_spec", "entries", "get", "get_entry",
     "load_config", "load_plugins", "plugin_status", "register", "spec_of", "unregister",
     "FAMILIES", "AutoencoderLoss", "AutoregressivePrior", "MaskedPrior", "StepAware",
     "Conditioner", "Discriminator", "Encoded", "GANObjective", "PerceptualLoss", "Prior",

@@ -1,4 +1,4 @@
-"""The composed VQGAN training loss (registered as loss ``vqgan``).
+"""The composed VQGAN training loss (registered as ``autoencoder_loss`` ``vqgan``).
 
 Semantics of the original ``VQLPIPSWithDiscriminator`` (taming-transformers,
 ``taming/modules/losses/vqperceptual.py``):
@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from taming_core.errors import ConfigError
-from taming_core.interfaces import Discriminator, GANObjective, PerceptualLoss
+from taming_core.interfaces import AutoencoderLoss, Discriminator, GANObjective, PerceptualLoss
 from taming_core.registry import create, create_from_spec, register
 from taming_core.validation import check_positive, check_tensor
 
@@ -69,8 +69,8 @@ def _norm(t: Tensor) -> Tensor:
     return torch.linalg.vector_norm(t.float())
 
 
-@register("loss", "vqgan")
-class VQGANLoss(nn.Module):
+@register("autoencoder_loss", "vqgan")
+class VQGANLoss(AutoencoderLoss):
     """L1 + perceptual reconstruction, quantizer loss and an adaptively weighted GAN term.
 
     Args:
@@ -103,12 +103,15 @@ class VQGANLoss(nn.Module):
         if not isinstance(disc, nn.Module):
             raise ConfigError(f"vqgan loss(discriminator): expected a Discriminator module, got "
                               f"{type(disc).__name__}")
-        self.discriminator: Discriminator = disc  # type: ignore[assignment]
-        self.perceptual: Optional[PerceptualLoss] = _build(perceptual, "loss", "perceptual")
-        if self.perceptual is not None and not isinstance(self.perceptual, nn.Module):
+        # Registered under their original names (``discriminator.*`` in state dicts); the
+        # AutoencoderLoss properties below read them back.
+        self._modules["discriminator"] = disc
+        percep = _build(perceptual, "perceptual", "perceptual")
+        if percep is not None and not isinstance(percep, nn.Module):
             raise ConfigError(f"vqgan loss(perceptual): expected a PerceptualLoss module, got "
-                              f"{type(self.perceptual).__name__}")
-        objective = _build(gan_objective, "loss", "gan_objective")
+                              f"{type(percep).__name__}")
+        self._modules["perceptual"] = percep
+        objective = _build(gan_objective, "gan", "gan_objective")
         if not isinstance(objective, GANObjective):
             raise ConfigError(f"vqgan loss(gan_objective): expected a GANObjective such as 'hinge', "
                               f"got {type(objective).__name__}")
@@ -117,6 +120,17 @@ class VQGANLoss(nn.Module):
         self.perceptual_weight, self.pixel_weight = float(perceptual_weight), float(pixel_weight)
         self.disc_weight, self.disc_factor = float(disc_weight), float(disc_factor)
         self.adaptive_weight, self.fused = bool(adaptive_weight), bool(fused)
+
+    # ------------------------------------------------------------------ declared parts
+    @property
+    def discriminator(self) -> Discriminator:
+        """The discriminator (``discriminator.*`` in state dicts, as in the original)."""
+        return self._modules["discriminator"]  # type: ignore[return-value]
+
+    @property
+    def perceptual(self) -> Optional[PerceptualLoss]:
+        """The perceptual distance, or None."""
+        return self._modules["perceptual"]  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ helpers
     def current_disc_factor(self, step: int) -> float:
