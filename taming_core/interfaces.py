@@ -63,6 +63,11 @@ class QuantizerOutput:
 class Quantizer(nn.Module, StepAware, ABC):
     """Maps a continuous latent B×C×H×W to discrete codes and back."""
 
+    #: Channels of the input ``z`` when they differ from the code width (e.g. a Gumbel
+    #: quantizer's 1×1 projection input); a tokenizer sizes its ``quant_conv`` by it.
+    #: Default None: the input has the code width (``dim``).
+    in_channels: Optional[int] = None
+
     @abstractmethod
     def forward(self, z: Tensor) -> QuantizerOutput:
         """Quantize ``z`` (float B×C×H×W); see :class:`QuantizerOutput`."""

@@ -195,7 +195,7 @@ class Pipeline(nn.Module):
         if tokens.shape[0] != n:
             raise ValidationError(f"generate(condition): gives {tokens.shape[0]} conditions for n={n}")
         tokens = tokens.long().to(device) + self.cond_offset
-        return tokens if getattr(self.conditioner, "spatial", False) else tokens.reshape(n, -1)
+        return tokens if self.conditioner.spatial else tokens.reshape(n, -1)
 
     @torch.no_grad()
     def generate(self, n: int, grid: Optional[tuple[int, int]] = None, condition: Any = None,

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from .cache import ReferenceStatsCache, dataset_identity, default_cache_dir
 from .codebook import CodebookStats
-from .evaluate import (ALL_METRICS, RECONSTRUCTION_METRICS, EvalReport, TensorImages, evaluate,
-                       parse_metrics, rfid_if_available, stats_of_samples)
+from .evaluate import (ALL_METRICS, RECONSTRUCTION_METRICS, EvalReport, ReconstructionModel,
+                       SampleModel, TensorImages, evaluate, parse_metrics, rfid_if_available,
+                       stats_of_samples)
 from .fid import (DEFAULT_FEATURE_NET, FeatureStats, FidFeatureExtractor, FidUnavailableError,
                   fid_available, frechet_distance, stats_of)
 from .metrics import PerceptualDistance, load_lpips, psnr, ssim, to_unit_range
@@ -25,7 +26,7 @@ from .report import write_report
 __all__ = [
     "ALL_METRICS", "DEFAULT_FEATURE_NET", "RECONSTRUCTION_METRICS", "CodebookStats", "EvalReport",
     "FeatureStats", "FidFeatureExtractor", "FidUnavailableError", "PerceptualDistance",
-    "ReferenceStatsCache", "TensorImages", "dataset_identity", "default_cache_dir", "evaluate",
+    "ReconstructionModel", "ReferenceStatsCache", "SampleModel", "TensorImages", "dataset_identity", "default_cache_dir", "evaluate",
     "fid_available", "frechet_distance", "load_lpips", "parse_metrics", "psnr", "rfid_if_available",
     "ssim", "stats_of", "stats_of_samples", "to_unit_range", "write_report",
 ]

@@ -120,7 +120,7 @@ class VQGANTokenizer(Tokenizer):
             raise ConfigError(f"vqgan(quantizer): expected a Quantizer or a spec dict, "
                               f"got {type(quantizer).__name__}")
         if quant_conv_channels is None:
-            quant_conv_channels = int(getattr(quantizer, "in_channels", None) or embed_dim)
+            quant_conv_channels = int(quantizer.in_channels or embed_dim)
         self._arch: dict[str, Any] = dict(
             ch=ch, ch_mult=[int(m) for m in ch_mult], num_res_blocks=num_res_blocks,
             attn_resolutions=[int(r) for r in attn_resolutions], z_channels=z_channels,
