@@ -88,7 +88,7 @@ def check_tensor(
         raise ValidationError(f"{name}: contains NaN or Inf values ({got})")
     if value_range is not None and x.numel():
         low, high = value_range
-        lo, hi = float(x.min()), float(x.max())
+        lo, hi = float(x.detach().min()), float(x.detach().max())
         if lo < low or hi > high:
             raise ValidationError(
                 f"{name}: values must lie in [{low:g}, {high:g}], got min {lo:.4g}, max {hi:.4g}")
