@@ -130,6 +130,10 @@ class Tokenizer(nn.Module, StepAware, ABC):
         enc = self.encode(images)
         return self.decode_latent(enc.latent), enc
 
+    def forward(self, images: Tensor) -> tuple[Tensor, Encoded]:
+        """Default: :meth:`reconstruct` (what a trainer calls through a DDP wrapper)."""
+        return self.reconstruct(images)
+
     @property
     @abstractmethod
     def downsample_factor(self) -> int:
