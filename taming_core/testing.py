@@ -240,12 +240,13 @@ def check_quantizer(factory: Factory, *, channels: Optional[int] = None, batch: 
                   f"metrics['perplexity'] is at least 1, got {out.metrics['perplexity']}")
 
     with c.check("straight_through"):
+        no_grad = ("no gradient reached the input z through z_q; return "
+                   "taming_core.quantization.straight_through(z, z_q) (the straight-through estimator)")
+        c.require(out.z_q.requires_grad, no_grad)
         weights = torch.randn(out.z_q.shape, generator=gen)
         (out.z_q * weights).sum().backward()
         grad = zin.grad
-        c.require(grad is not None and bool(grad.abs().sum() > 0),
-                  "no gradient reached the input z through z_q; return "
-                  "taming_core.quantization.straight_through(z, z_q) (the straight-through estimator)")
+        c.require(grad is not None and bool(grad.abs().sum() > 0), no_grad)
         assert grad is not None
         c.require(bool(torch.isfinite(grad).all()), "the gradient reaching z through z_q is not finite")
 
@@ -781,8 +782,12 @@ def check_conditioner(factory: Factory, condition: Any, *, batch: Optional[int] 
 
     with c.check("takes_condition"):
         if not cond.takes_condition:
-            with torch.no_grad():
-                from_batch = cond(n)
+            try:
+                with torch.no_grad():
+                    from_batch = cond(n)
+            except Exception as exc:
+                c.fail(f"takes_condition is False, but forward(batch size {n}) raised "
+                       f"{type(exc).__name__}: {' '.join(str(exc).split())}")
             c.require(isinstance(from_batch, Tensor) and torch.equal(from_batch.cpu(), tokens.cpu()),
                       "takes_condition is False, so forward(batch size) must give the same tokens as "
                       "forward(condition)")
