@@ -575,7 +575,13 @@ def _check_masked(c: _Checker, prior: MaskedPrior, tokens: Tensor, cond: Tensor)
                       and value.is_floating_point(),
                       f"{what} with masked positions must give float logits B×T×V = {(B, T, V)}, got "
                       f"{tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__}")
-            c.require(bool(torch.isfinite(value).all()), f"{what} gives non-finite logits")
+            finite = torch.isfinite(value)
+            if prior.mask_id < V:  # an output id too: it must never be drawn
+                c.require(bool((value[..., prior.mask_id] == float("-inf")).all()),
+                          f"mask_id {prior.mask_id} lies inside the output vocabulary [0, {V}) but "
+                          f"{what} gives it a finite logit; the mask is never an output")
+                finite[..., prior.mask_id] = True
+            c.require(bool(finite.all()), f"{what} gives non-finite logits")
     with c.check("bidirectional"):
         changed = masked.clone()
         last = masked[:, -1]

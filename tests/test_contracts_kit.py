@@ -280,12 +280,23 @@ class OneShotSeesOnlyItself(SeesOnlyItself):
     default_sampler = "zz_one_shot"
 
 
+class MaskIsAnOutput(OneShotMasked):
+    """Declares an output id as the mask and still gives it a finite logit."""
+
+    @property
+    def mask_id(self) -> int:
+        return 0
+
+
 def test_masked_prior_checks(masked_sampler) -> None:
     passed = check_prior(OneShotMasked)
     assert {"mask_id", "forward_logits", "bidirectional"} <= set(passed)
     assert "cache_equals_forward" not in passed
     with _fails("bidirectional", "OneShotSeesOnlyItself"):
         check_prior(OneShotSeesOnlyItself)
+    with _fails("forward_logits", "MaskIsAnOutput") as info:
+        check_prior(MaskIsAnOutput)
+    assert "never an output" in str(info.value)
     assert "deterministic" in check_sampler(masked_sampler)
 
 
