@@ -2,6 +2,12 @@
 
 The core never imports an implementation; components live in plugins
 (``taming_plugins`` for the built-ins) and register themselves.
+
+For plugin authors: :mod:`taming_core.quantization` (input check, straight-through
+estimator, usage/perplexity tracking), :mod:`taming_core.sampling` (condition and
+``vocab_limit`` handling, filtering, guidance) and :mod:`taming_core.testing` (the
+contract-check kit: ``check_quantizer``, ``check_tokenizer``, ``check_prior``,
+``check_sampler``, ``check_conditioner``).
 """
 
 from .config import build, load_config
