@@ -40,6 +40,12 @@ class StepAware:
 
 
 # --------------------------------------------------------------------------- quantizers
+#: torch layers whose ``reset_parameters`` :meth:`Quantizer.reset_parameters` calls by default.
+_RESETTABLE_LAYERS = (nn.Linear, nn.Bilinear, nn.Embedding, nn.modules.conv._ConvNd,
+                      nn.modules.normalization.LayerNorm, nn.modules.normalization.GroupNorm,
+                      nn.modules.batchnorm._NormBase)
+
+
 @dataclass
 class QuantizerOutput:
     """Result of :meth:`Quantizer.forward`.
@@ -85,6 +91,15 @@ class Quantizer(nn.Module, StepAware, ABC):
     def num_levels(self) -> int:
         """Number of code ids per latent position (1 except for multi-level quantizers)."""
         return 1
+
+    def reset_parameters(self) -> None:
+        """Re-draw the parameters, same configuration (e.g. the independent levels of a
+        residual quantizer). Default: ``reset_parameters()`` of every torch layer inside
+        that has one (linear, convolution, embedding, normalisation layers); quantizers
+        with other state (codebooks held as buffers...) override it."""
+        for module in self.modules():
+            if module is not self and isinstance(module, _RESETTABLE_LAYERS):
+                module.reset_parameters()
 
 
 # --------------------------------------------------------------------------- tokenizers
