@@ -34,8 +34,8 @@ What is checked (small CPU tensors, float32):
   too) equal to the full ``forward``. Masked: ``mask_id`` outside the output ids or
   handled, logits B×T×V at every position with masked inputs, bidirectional attention.
 * :func:`check_sampler` -- Long B×H×W ids within the prior's vocabulary, determinism
-  under a seeded generator, prefix conditions of batch 1 and B, the prior's training
-  flag restored; against a small reference prior of the sampler's family
+  under a seeded generator, prefix conditions of batch 1 and B and a spatially aligned
+  B×H×W condition grid, the prior's training flag restored; against a small reference prior of the sampler's family
   (:class:`ReferenceAutoregressivePrior`, :class:`ReferenceMaskedPrior`) unless you pass
   your own ``prior_factory``.
 * :func:`check_conditioner` -- Long B×L (or B×h×w when ``spatial``) ids in
@@ -728,6 +728,11 @@ def check_sampler(factory: Factory, *, prior_factory: Optional[Factory] = None,
     with c.check("condition_batch_one"):
         single = draw(cond[:1], seed)
         _check_ids(c, single, "sample(condition of batch 1)", (batch, *grid), V)
+
+    with c.check("spatial_condition"):
+        spatial = torch.randint(V, (batch, *grid), generator=torch.Generator().manual_seed(seed))
+        aligned = draw(spatial, seed)
+        _check_ids(c, aligned, "sample(condition = a Long B×h×w grid)", (batch, *grid), V)
 
     with c.check("state_untouched"):
         before = _snapshot(prior)

@@ -258,7 +258,7 @@ def masked_sampler():
         def sample(self, prior, grid=(16, 16), *, batch_size=1, condition=None, generator=None):
             n = grid[0] * grid[1]
             masked = torch.full((batch_size, n), prior.mask_id, dtype=torch.long)
-            cond = None if condition is None else condition.expand(batch_size, -1)
+            cond = None if condition is None else condition.reshape(condition.shape[0], -1).expand(batch_size, -1)
             was_training = prior.training
             prior.eval()
             with torch.no_grad():
@@ -317,7 +317,8 @@ class GreedySampler(taming_core.Sampler):
         self.noise, self.shift, self.keep_eval = noise, shift, keep_eval
 
     def sample(self, prior, grid=(16, 16), *, batch_size=1, condition=None, generator=None):
-        seq = condition.expand(batch_size, -1).clone()
+        prefix = condition.reshape(condition.shape[0], -1)  # a B×h×w grid becomes a prefix
+        seq = prefix.expand(batch_size, -1).clone()
         was_training = prior.training
         prior.eval()
         with torch.no_grad():
@@ -328,12 +329,23 @@ class GreedySampler(taming_core.Sampler):
                 seq = torch.cat([seq, logits.argmax(dim=-1, keepdim=True)], dim=1)
         if not self.keep_eval:
             prior.train(was_training)
-        return seq[:, condition.shape[1]:].view(batch_size, *grid) + self.shift
+        return seq[:, prefix.shape[1]:].view(batch_size, *grid) + self.shift
+
+
+class PrefixOnlySampler(GreedySampler):
+    """Ignores the contract's spatially aligned B×h×w conditions."""
+
+    def sample(self, prior, grid=(16, 16), *, batch_size=1, condition=None, generator=None):
+        if condition.dim() != 2:
+            raise ValueError(f"expected a B×L prefix, got shape {tuple(condition.shape)}")
+        return super().sample(prior, grid, batch_size=batch_size, condition=condition, generator=generator)
 
 
 def test_sampler_checks() -> None:
+    with _fails("spatial_condition", "PrefixOnlySampler"):
+        check_sampler(PrefixOnlySampler)
     assert check_sampler(GreedySampler) == ["declared_members", "sample", "deterministic",
-                                            "condition_batch_one", "state_untouched"]
+                                            "condition_batch_one", "spatial_condition", "state_untouched"]
     with _fails("deterministic", "GreedySampler"):
         check_sampler(lambda: GreedySampler(noise=True))
     with _fails("sample", "GreedySampler") as info:
