@@ -28,7 +28,9 @@ What is checked (small CPU tensors, float32):
   the decoder's graph); determinism; state-dict round trip.
 * :func:`check_prior` -- family-aware. Every prior: declared ``family`` matching its
   base class, ``default_sampler`` registered, ``loss`` a finite scalar with gradients,
-  with and without a condition prefix, ``parameter_groups`` covering every trainable
+  with and without a condition prefix, ``inputs=tokens`` giving the same loss as no
+  ``inputs`` (they replace what the network is fed, never the targets),
+  ``parameter_groups`` covering every trainable
   parameter once, determinism, state-dict round trip. Autoregressive: logits B×T×V,
   causality, and ``forward_cached`` (prefill + one token at a time, after ``truncate``
   too) equal to the full ``forward``. Masked: ``mask_id`` outside the output ids or
@@ -478,6 +480,12 @@ def check_prior(factory: Factory, *, batch: int = 2, seq_len: Optional[int] = No
         torch.optim.AdamW(groups, lr=1e-3)  # the stage-2 trainer's optimizer accepts them
 
     prior.eval()
+    with c.check("inputs"):
+        with torch.no_grad():
+            plain = prior.loss(tokens, cond, generator=torch.Generator().manual_seed(seed))
+            same = prior.loss(tokens, cond, inputs=tokens, generator=torch.Generator().manual_seed(seed))
+        c.require(_close(plain, same), "loss(tokens, condition, inputs=tokens) must equal loss(tokens, "
+                  f"condition): inputs only replace what the network is fed; {_max_diff(plain, same)}")
     if isinstance(prior, AutoregressivePrior):
         _check_autoregressive(c, prior, tokens, cond, gen)
     elif isinstance(prior, MaskedPrior):

@@ -226,6 +226,13 @@ class ForgetsBiases(ReferenceAutoregressivePrior):
         return [{"params": [p for p in self.parameters() if p.dim() >= 2], "weight_decay": weight_decay}]
 
 
+class InputsAsTargets(ReferenceAutoregressivePrior):
+    def loss(self, tokens, condition=None, *, generator=None, inputs=None):
+        # wrong: the corrupted inputs become the targets too
+        target = tokens if inputs is None else (inputs + 1) % self.vocab_size
+        return super().loss(target, condition, generator=generator)
+
+
 class WrongFamily(ReferenceAutoregressivePrior):
     family = "masked"
 
@@ -241,7 +248,7 @@ class SeesOnlyItself(ReferenceMaskedPrior):
 
 @pytest.mark.parametrize("cls,check", [
     (CacheDisagrees, "cache_equals_forward"), (PeeksAhead, "causal"), (DetachedLoss, "loss"),
-    (NanLoss, "loss"), (ForgetsBiases, "parameter_groups"), (WrongFamily, "declared_members"),
+    (NanLoss, "loss"), (ForgetsBiases, "parameter_groups"), (InputsAsTargets, "inputs"), (WrongFamily, "declared_members"),
     (UnknownSampler, "declared_members")])
 def test_broken_autoregressive_prior_fails_the_matching_check(cls, check) -> None:
     with _fails(check, cls.__name__):
