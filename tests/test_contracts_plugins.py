@@ -50,7 +50,8 @@ stage2 = PriorTrainer({
     "conditioner": {"name": "brightness"}, "cfg_drop": 0.5, "steps": 3, "batch_size": 4,
     "log_every": 1, "ckpt_every": 3, "sample_every": 3, "num_samples": 2, "progress": False,
     "device": "cpu"})
-last = stage2.fit()
+result = stage2.fit()
+last = result if isinstance(result, dict) else result.metrics  # FitResult once both stages share it
 sampler = taming_core.create("sampler", stage2.prior.default_sampler,
                              vocab_limit=stage2.tokenizer.vocab_size)
 pipe = taming_core.Pipeline(stage2.tokenizer, stage2.prior, sampler, stage2.conditioner,
