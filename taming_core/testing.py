@@ -404,6 +404,8 @@ def _prior_sizes(prior: Prior, seq_len: Optional[int]) -> tuple[int, int]:
 
 
 def check_prior(factory: Factory, *, batch: int = 2, seq_len: Optional[int] = None,
+                token_range: Optional[tuple[int, int]] = None,
+                condition_range: Optional[tuple[int, int]] = None, unconditional: bool = True,
                 seed: int = 0) -> list[str]:
     """Check a :class:`~taming_core.Prior` made by ``factory``; the family checks follow its
     declared :attr:`~taming_core.Prior.family` (see the module docstring).
@@ -413,6 +415,11 @@ def check_prior(factory: Factory, *, batch: int = 2, seq_len: Optional[int] = No
         batch: sequences per batch.
         seq_len: image tokens per sequence (default ``min(8, block_size - 1)``); a
             one-token condition prefix comes on top.
+        token_range, condition_range: inclusive ``(low, high)`` of the image ids and of the
+            condition ids drawn (default: the whole vocabulary), for priors that give them
+            separate ranges (e.g. class tokens after the image codes).
+        unconditional: whether ``loss(tokens)`` without a condition is supported (False
+            for priors that always need a condition prefix, such as a class token).
         seed: seeds construction, data and every forward.
     """
     from .registry import get_entry
@@ -444,8 +451,10 @@ def check_prior(factory: Factory, *, batch: int = 2, seq_len: Optional[int] = No
               f"seq_len {T} + a {L}-token prefix does not fit block_size {prior.block_size}")
     V = prior.vocab_size
     gen = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(V, (batch, T), generator=gen)
-    cond = torch.randint(V, (batch, L), generator=gen)
+    t_lo, t_hi = token_range if token_range is not None else (0, V - 1)
+    c_lo, c_hi = condition_range if condition_range is not None else (0, V - 1)
+    tokens = torch.randint(t_lo, t_hi + 1, (batch, T), generator=gen)
+    cond = torch.randint(c_lo, c_hi + 1, (batch, L), generator=gen)
 
     with c.check("loss"):
         prior.train()
@@ -459,9 +468,10 @@ def check_prior(factory: Factory, *, batch: int = 2, seq_len: Optional[int] = No
                   "loss(tokens, condition) gives no gradient to any parameter")
         c.require(all(g is None or bool(torch.isfinite(g).all()) for g in grads),
                   "loss(tokens, condition) gives non-finite gradients")
-        _check_scalar_loss(c, prior.loss(tokens, None, generator=torch.Generator().manual_seed(seed)),
-                           "loss(tokens) without a condition", needs_grad=True)
-        corrupted = torch.randint(V, (batch, T), generator=gen)
+        if unconditional:
+            _check_scalar_loss(c, prior.loss(tokens, None, generator=torch.Generator().manual_seed(seed)),
+                               "loss(tokens) without a condition", needs_grad=True)
+        corrupted = torch.randint(t_lo, t_hi + 1, (batch, T), generator=gen)
         _check_scalar_loss(c, prior.loss(tokens, cond, inputs=corrupted,
                                          generator=torch.Generator().manual_seed(seed)),
                            "loss(tokens, condition, inputs=...)", needs_grad=True)
@@ -487,9 +497,9 @@ def check_prior(factory: Factory, *, batch: int = 2, seq_len: Optional[int] = No
         c.require(_close(plain, same), "loss(tokens, condition, inputs=tokens) must equal loss(tokens, "
                   f"condition): inputs only replace what the network is fed; {_max_diff(plain, same)}")
     if isinstance(prior, AutoregressivePrior):
-        _check_autoregressive(c, prior, tokens, cond, gen)
+        _check_autoregressive(c, prior, tokens, cond, gen, (t_lo, t_hi))
     elif isinstance(prior, MaskedPrior):
-        _check_masked(c, prior, tokens, cond)
+        _check_masked(c, prior, tokens, cond, (t_lo, t_hi))
 
     with c.check("deterministic"):
         values = []
@@ -512,8 +522,18 @@ def check_prior(factory: Factory, *, batch: int = 2, seq_len: Optional[int] = No
     return c.passed
 
 
+def _other_token(ids: Tensor, id_range: tuple[int, int], gen: Optional[torch.Generator] = None) -> Tensor:
+    """Another id than ``ids`` (elementwise) within the inclusive ``id_range``."""
+    lo, hi = id_range
+    n = hi - lo + 1
+    if n < 2:
+        return ids
+    step = 1 + (torch.randint(n - 1, ids.shape, generator=gen) if gen is not None else 0)
+    return lo + (ids - lo + step) % n
+
+
 def _check_autoregressive(c: _Checker, prior: AutoregressivePrior, tokens: Tensor, cond: Tensor,
-                          gen: torch.Generator) -> None:
+                          gen: torch.Generator, token_range: tuple[int, int]) -> None:
     V = prior.vocab_size
     seq = torch.cat([cond, tokens], dim=1)[:, :prior.block_size]
     B, S = seq.shape
@@ -528,8 +548,7 @@ def _check_autoregressive(c: _Checker, prior: AutoregressivePrior, tokens: Tenso
 
     with c.check("causal"):
         changed = seq.clone()
-        changed[:, -1] = (changed[:, -1] + 1 + torch.randint(V - 1, (B,), generator=gen)) % V \
-            if V > 1 else changed[:, -1]
+        changed[:, -1] = _other_token(changed[:, -1], token_range, gen)
         with torch.no_grad():
             other = prior(changed)
         c.require(_close(other[:, :-1], logits[:, :-1]),
@@ -565,7 +584,8 @@ def _check_autoregressive(c: _Checker, prior: AutoregressivePrior, tokens: Tenso
                   f"{_max_diff(again, logits)}")
 
 
-def _check_masked(c: _Checker, prior: MaskedPrior, tokens: Tensor, cond: Tensor) -> None:
+def _check_masked(c: _Checker, prior: MaskedPrior, tokens: Tensor, cond: Tensor,
+                  token_range: tuple[int, int]) -> None:
     V = prior.vocab_size
     B, T = tokens.shape
     with c.check("mask_id"):
@@ -593,7 +613,8 @@ def _check_masked(c: _Checker, prior: MaskedPrior, tokens: Tensor, cond: Tensor)
     with c.check("bidirectional"):
         changed = masked.clone()
         last = masked[:, -1]
-        changed[:, -1] = torch.where(last == prior.mask_id, tokens[:, -1], (tokens[:, -1] + 1) % V)
+        changed[:, -1] = torch.where(last == prior.mask_id, tokens[:, -1],
+                                     _other_token(tokens[:, -1], token_range))
         with torch.no_grad():
             other = prior(changed, cond)
         c.require(not _close(other[:, 0], logits[:, 0]),
