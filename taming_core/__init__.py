@@ -15,7 +15,7 @@ from .errors import (CheckpointError, ConfigError, PluginError, RegistryError, T
                      TrainingError, ValidationError)
 from .interfaces import (FAMILIES, AutoencoderLoss, AutoregressivePrior, Conditioner, Discriminator,
                          Encoded, GANObjective, MaskedPrior, PerceptualLoss, Prior, PriorCache,
-                         Quantizer, QuantizerOutput, Sampler, StepAware, Tokenizer)
+                         Quantizer, QuantizerOutput, Sampler, StepAware, TokenHistoryCache, Tokenizer)
 from .pipeline import Pipeline
 from .plugins import load_plugins, plugin_status
 from .registry import KIND_ALIASES, KINDS, Entry, available, create, create_from_spec, entries, get, get_entry, register, spec_of, unregister
@@ -27,7 +27,7 @@ __all__ = [
     "load_config", "load_plugins", "plugin_status", "register", "spec_of", "unregister",
     "FAMILIES", "AutoencoderLoss", "AutoregressivePrior", "MaskedPrior", "StepAware",
     "Conditioner", "Discriminator", "Encoded", "GANObjective", "PerceptualLoss", "Prior",
-    "Pipeline", "PriorCache", "Quantizer", "QuantizerOutput", "Sampler", "Tokenizer",
+    "Pipeline", "PriorCache", "Quantizer", "QuantizerOutput", "Sampler", "TokenHistoryCache", "Tokenizer",
     "CheckpointError", "ConfigError", "PluginError", "RegistryError", "TamingError",
     "TrainingError", "ValidationError",
 ]

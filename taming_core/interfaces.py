@@ -186,6 +186,35 @@ class PriorCache(ABC):
         """Keep only the first ``length`` positions."""
 
 
+class TokenHistoryCache(PriorCache):
+    """A :class:`PriorCache` that keeps the ids fed so far, for autoregressive priors
+    without a key/value cache: ``forward_cached`` calls :meth:`append` and recomputes
+    its logits over :attr:`tokens`. Exact and simple; each step costs a forward over the
+    whole history, so it suits small priors and short block sizes."""
+
+    def __init__(self, batch_size: int, max_len: int, device: Optional[torch.device] = None) -> None:
+        self.ids = torch.zeros(batch_size, max_len, dtype=torch.long, device=device)
+        self.length = 0
+
+    def reset(self) -> None:
+        self.length = 0
+
+    def truncate(self, length: int) -> None:
+        self.length = min(self.length, int(length))
+
+    def append(self, tokens: Tensor) -> int:
+        """Write Long B×t ``tokens`` after the cached ones; returns their first position."""
+        start = self.length
+        self.ids[:, start:start + tokens.shape[1]] = tokens
+        self.length = start + tokens.shape[1]
+        return start
+
+    @property
+    def tokens(self) -> Tensor:
+        """Long B×length: every id fed so far."""
+        return self.ids[:, :self.length]
+
+
 #: Family names a :class:`Prior` declares (``Prior.family``) and a :class:`Sampler` drives.
 FAMILIES: tuple[str, ...] = ("autoregressive", "masked")
 

@@ -59,7 +59,7 @@ from torch import Tensor, nn
 
 from .errors import RegistryError
 from .interfaces import (FAMILIES, AutoregressivePrior, Conditioner, Encoded, MaskedPrior, Prior,
-                         PriorCache, Quantizer, QuantizerOutput, Sampler, Tokenizer)
+                         PriorCache, Quantizer, QuantizerOutput, Sampler, TokenHistoryCache, Tokenizer)
 
 __all__ = ["ReferenceAutoregressivePrior", "ReferenceMaskedPrior", "check_conditioner", "check_prior",
            "check_quantizer", "check_sampler", "check_tokenizer"]
@@ -149,6 +149,25 @@ def _check_ids(c: _Checker, ids: Any, what: str, shape: Sequence[int], high: int
 def _check_positive_int(c: _Checker, value: Any, what: str) -> None:
     c.require(isinstance(value, int) and not isinstance(value, bool) and value > 0,
               f"{what} must be a positive int, got {value!r}")
+
+
+def _run_twins(factory: Factory, kit: str, cls: type, seed: int, run: Callable[[Any], Any]) -> list[Any]:
+    """``run`` on two components built under ``seed``, each call under the same seed
+    (training mode, no autograd): the outputs of a deterministic component agree."""
+    outs = []
+    for _ in range(2):
+        twin = _build(factory, kit, cls, seed).train()
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            outs.append(run(twin))
+    return outs
+
+
+def _restored(c: _Checker, source: nn.Module, factory: Factory, kit: str, cls: type, seed: int) -> Any:
+    """A component built under another seed that loaded ``source``'s state (eval mode)."""
+    target = _build(factory, kit, cls, seed + 1)
+    _state_round_trip(c, source, target)
+    return target.eval()
 
 
 def _state_round_trip(c: _Checker, source: nn.Module, target: nn.Module) -> None:
@@ -268,19 +287,12 @@ def check_quantizer(factory: Factory, *, channels: Optional[int] = None, batch: 
                   f"of those indices; {_max_diff(decoded, first.z_q)}")
 
     with c.check("deterministic"):
-        runs = []
-        for _ in range(2):
-            twin = _build(factory, kit, Quantizer, seed).train()
-            with torch.no_grad():
-                torch.manual_seed(seed)
-                runs.append(twin(z))
+        runs = _run_twins(factory, kit, Quantizer, seed, lambda twin: twin(z))
         c.require(torch.equal(runs[0].indices, runs[1].indices) and _close(runs[0].z_q, runs[1].z_q),
                   "two quantizers built and run under the same seed gave different outputs")
 
     with c.check("state_dict_round_trip"):
-        target = _build(factory, kit, Quantizer, seed + 1)
-        _state_round_trip(c, q, target)
-        target.eval()
+        target = _restored(c, q, factory, kit, Quantizer, seed)
         with torch.no_grad():
             restored = target(z)
         c.require(torch.equal(restored.indices, first.indices) and _close(restored.z_q, first.z_q),
@@ -375,19 +387,12 @@ def check_tokenizer(factory: Factory, *, channels: int = 3, image_size: Optional
         c.require(not changed, f"an eval-mode encode changed the state {changed[:3]}")
 
     with c.check("deterministic"):
-        outs = []
-        for _ in range(2):
-            twin = _build(factory, kit, Tokenizer, seed).train()
-            with torch.no_grad():
-                torch.manual_seed(seed)
-                outs.append(twin.reconstruct(images))
+        outs = _run_twins(factory, kit, Tokenizer, seed, lambda twin: twin.reconstruct(images))
         c.require(torch.equal(outs[0][1].indices, outs[1][1].indices) and _close(outs[0][0], outs[1][0]),
                   "two tokenizers built and run under the same seed gave different outputs")
 
     with c.check("state_dict_round_trip"):
-        target = _build(factory, kit, Tokenizer, seed + 1)
-        _state_round_trip(c, tok, target)
-        target.eval()
+        target = _restored(c, tok, factory, kit, Tokenizer, seed)
         with torch.no_grad():
             restored = target.decode(enc_eval.indices)
             re_enc = target.encode(images)
@@ -502,19 +507,13 @@ def check_prior(factory: Factory, *, batch: int = 2, seq_len: Optional[int] = No
         _check_masked(c, prior, tokens, cond, (t_lo, t_hi))
 
     with c.check("deterministic"):
-        values = []
-        for _ in range(2):
-            twin = _build(factory, kit, Prior, seed).train()
-            torch.manual_seed(seed)
-            with torch.no_grad():
-                values.append(twin.loss(tokens, cond, generator=torch.Generator().manual_seed(seed)))
+        values = _run_twins(factory, kit, Prior, seed, lambda twin: twin.loss(
+            tokens, cond, generator=torch.Generator().manual_seed(seed)))
         c.require(torch.equal(values[0], values[1]),
                   "two priors built and run under the same seed gave different losses")
 
     with c.check("state_dict_round_trip"):
-        target = _build(factory, kit, Prior, seed + 1)
-        _state_round_trip(c, prior, target)
-        target.eval()
+        target = _restored(c, prior, factory, kit, Prior, seed)
         with torch.no_grad():
             a = prior.loss(tokens, cond, generator=torch.Generator().manual_seed(seed))
             b = target.loss(tokens, cond, generator=torch.Generator().manual_seed(seed))
@@ -623,28 +622,13 @@ def _check_masked(c: _Checker, prior: MaskedPrior, tokens: Tensor, cond: Tensor,
 
 
 # --------------------------------------------------------------------------- reference priors
-class _RecomputeCache(PriorCache):
-    """Keeps the ids seen; the reference prior recomputes over them (small and exact)."""
+class _TinyPriorParts(nn.Module):
+    """Embeddings, head and sizes shared by the reference priors."""
 
-    def __init__(self, batch_size: int, max_len: int, device: Optional[torch.device]) -> None:
-        self.ids = torch.zeros(batch_size, max_len, dtype=torch.long, device=device)
-        self.length = 0
-
-    def reset(self) -> None:
-        self.length = 0
-
-    def truncate(self, length: int) -> None:
-        self.length = min(self.length, int(length))
-
-
-class ReferenceAutoregressivePrior(AutoregressivePrior):
-    """A tiny exact autoregressive prior for sampler checks: the logits at position t are
-    a linear map of the mean embedding of tokens ``0..t`` plus a position embedding."""
-
-    def __init__(self, vocab_size: int = 17, block_size: int = 32, dim: int = 16) -> None:
+    def __init__(self, vocab_size: int, block_size: int, dim: int, input_ids: int) -> None:
         super().__init__()
         self._vocab, self._block = vocab_size, block_size
-        self.embed = nn.Embedding(vocab_size, dim)
+        self.embed = nn.Embedding(input_ids, dim)
         self.pos = nn.Embedding(block_size, dim)
         self.head = nn.Linear(dim, vocab_size)
 
@@ -655,6 +639,14 @@ class ReferenceAutoregressivePrior(AutoregressivePrior):
     @property
     def block_size(self) -> int:
         return self._block
+
+
+class ReferenceAutoregressivePrior(_TinyPriorParts, AutoregressivePrior):
+    """A tiny exact autoregressive prior for sampler checks: the logits at position t are
+    a linear map of the mean embedding of tokens ``0..t`` plus a position embedding."""
+
+    def __init__(self, vocab_size: int = 17, block_size: int = 32, dim: int = 16) -> None:
+        super().__init__(vocab_size, block_size, dim, input_ids=vocab_size)
 
     def forward(self, tokens: Tensor) -> Tensor:
         e = self.embed(tokens).cumsum(dim=1)
@@ -663,34 +655,20 @@ class ReferenceAutoregressivePrior(AutoregressivePrior):
 
     def new_cache(self, batch_size: int, max_len: int, *, device: Optional[torch.device] = None,
                   dtype: Optional[torch.dtype] = None) -> PriorCache:
-        return _RecomputeCache(batch_size, max_len, device if device is not None else self.head.weight.device)
+        return TokenHistoryCache(batch_size, max_len, device if device is not None else self.head.weight.device)
 
     def forward_cached(self, tokens: Tensor, cache: PriorCache) -> Tensor:
-        assert isinstance(cache, _RecomputeCache)
-        start, t = cache.length, tokens.shape[1]
-        cache.ids[:, start:start + t] = tokens
-        cache.length = start + t
-        return self(cache.ids[:, :cache.length])[:, start:]
+        assert isinstance(cache, TokenHistoryCache)
+        start = cache.append(tokens)
+        return self(cache.tokens)[:, start:]
 
 
-class ReferenceMaskedPrior(MaskedPrior):
+class ReferenceMaskedPrior(_TinyPriorParts, MaskedPrior):
     """A tiny masked prior for sampler checks: every position sees the mean embedding of
     the whole (prefix + image) sequence; ``mask_id`` is ``vocab_size`` (an input-only id)."""
 
     def __init__(self, vocab_size: int = 17, block_size: int = 32, dim: int = 16) -> None:
-        super().__init__()
-        self._vocab, self._block = vocab_size, block_size
-        self.embed = nn.Embedding(vocab_size + 1, dim)
-        self.pos = nn.Embedding(block_size, dim)
-        self.head = nn.Linear(dim, vocab_size)
-
-    @property
-    def vocab_size(self) -> int:
-        return self._vocab
-
-    @property
-    def block_size(self) -> int:
-        return self._block
+        super().__init__(vocab_size, block_size, dim, input_ids=vocab_size + 1)
 
     @property
     def mask_id(self) -> int:
@@ -838,9 +816,7 @@ def check_conditioner(factory: Factory, condition: Any, *, batch: Optional[int] 
         c.require(torch.equal(again, tokens), "forward gave different tokens for the same condition")
 
     with c.check("state_dict_round_trip"):
-        target = _build(factory, kit, Conditioner, seed + 1)
-        _state_round_trip(c, cond, target)
-        target.eval()
+        target = _restored(c, cond, factory, kit, Conditioner, seed)
         with torch.no_grad():
             restored = target(copy.deepcopy(condition))
         c.require(torch.equal(restored, tokens),

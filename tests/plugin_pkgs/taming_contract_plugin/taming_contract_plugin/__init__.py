@@ -61,20 +61,6 @@ class PatchVQTokenizer(taming_core.Tokenizer):
         return self.codebook(indices).permute(0, 3, 1, 2)
 
 
-class _IdsCache(taming_core.PriorCache):
-    """The ids fed so far; ``causal_conv`` recomputes over them (a short receptive field)."""
-
-    def __init__(self, batch_size: int, max_len: int, device):
-        self.ids = torch.zeros(batch_size, max_len, dtype=torch.long, device=device)
-        self.length = 0
-
-    def reset(self):
-        self.length = 0
-
-    def truncate(self, length: int):
-        self.length = min(self.length, int(length))
-
-
 @taming_core.register("prior", "causal_conv")
 class CausalConvPrior(taming_core.AutoregressivePrior):
     """Embedding -> two causal 1-D convolutions (left padding) -> logits."""
@@ -104,14 +90,13 @@ class CausalConvPrior(taming_core.AutoregressivePrior):
         return self.head(h.transpose(1, 2))
 
     def new_cache(self, batch_size, max_len, *, device=None, dtype=None):
-        return _IdsCache(batch_size, max_len, device if device is not None else self.head.weight.device)
+        # no key/value state: the cache keeps the ids and each step recomputes over them
+        return taming_core.TokenHistoryCache(batch_size, max_len,
+                                             device if device is not None else self.head.weight.device)
 
     def forward_cached(self, tokens, cache):
-        start = cache.length
-        cache.ids[:, start:start + tokens.shape[1]] = tokens
-        cache.length = start + tokens.shape[1]
-        # exact and simple: recompute over the cached ids (fine for a short block size)
-        return self(cache.ids[:, :cache.length])[:, start:]
+        start = cache.append(tokens)
+        return self(cache.tokens)[:, start:]
 
 
 @taming_core.register("conditioner", "brightness")
