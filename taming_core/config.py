@@ -43,7 +43,11 @@ def load_config(source: ConfigLike) -> dict[str, Any]:
     path = Path(source)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save the config "
+                          "as UTF-8") from None
     try:
         if path.suffix.lower() == ".json":
             data = json.loads(text)

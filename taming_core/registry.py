@@ -146,13 +146,20 @@ def _snapshot() -> dict[str, dict[str, Entry]]:
     return {kind: dict(table) for kind, table in _REGISTRY.items()}
 
 
-def _restore(snapshot: dict[str, dict[str, Entry]]) -> list[str]:
-    """Put the registrations of ``snapshot`` back; returns the ``kind/name`` undone."""
-    undone = [f"{kind}/{name}" for kind, table in _REGISTRY.items() for name, entry in table.items()
-              if snapshot.get(kind, {}).get(name) is not entry]
+def _restore(snapshot: dict[str, dict[str, Entry]],
+             undo: Callable[[Entry], bool] = lambda entry: True) -> list[str]:
+    """Undo the registrations made since ``snapshot`` for which ``undo(entry)`` is true
+    (new entries are removed, replaced ones put back); returns their ``kind/name``."""
+    undone: list[str] = []
     for kind, table in _REGISTRY.items():
-        table.clear()
-        table.update(snapshot.get(kind, {}))
+        before = snapshot.get(kind, {})
+        for name, entry in list(table.items()):
+            if before.get(name) is not entry and undo(entry):
+                undone.append(f"{kind}/{name}")
+                if name in before:
+                    table[name] = before[name]
+                else:
+                    del table[name]
     return undone
 
 
@@ -253,6 +260,19 @@ def check_arguments(obj: Callable[..., Any], kwargs: Mapping[str, Any], path: st
                and p.kind in named and n not in kwargs]
     if missing:
         raise ConfigError(f"{path}: missing required argument {missing[0]!r}")
+
+
+def accepted_arguments(kind: str, name: str) -> Optional[list[str]]:
+    """The keyword arguments ``kind``/``name`` accepts, in signature order, or None when it
+    takes ``**kwargs`` or has no inspectable signature (anything may then be passed)."""
+    try:
+        params = inspect.signature(get(kind, name)).parameters
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    return [n for n, p in params.items()
+            if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
 
 
 def create(kind: str, name: str, **kwargs: Any) -> Any:

@@ -239,3 +239,18 @@ def check_token_grid(tokens: object, batch_size: int, grid: Sequence[int], compo
             else type(tokens).__name__
         raise ValidationError(f"{component_label(component, kind)} returned {got}; expected "
                               f"Long token ids of shape {'×'.join(map(str, want))}")
+
+
+def token_range_error(tokens: "torch.Tensor", vocab_size: int, name: str) -> ValidationError:
+    """The one-line error for token ids outside ``[0, vocab_size)`` (it reads the ids' range,
+    so build it on the error path only, e.g. where an embedding raised IndexError)."""
+    lo, hi = int(tokens.min()), int(tokens.max())
+    return ValidationError(f"{name}: token ids must lie in [0, {vocab_size - 1}] (the prior's "
+                           f"vocabulary), got min {lo}, max {hi}")
+
+
+def check_token_ids(tokens: "torch.Tensor", vocab_size: int, name: str) -> None:
+    """Raise :func:`token_range_error` unless every id lies in ``[0, vocab_size)``
+    (synchronises with the device: entry points only)."""
+    if tokens.numel() and (bool((tokens < 0).any()) or bool((tokens >= vocab_size).any())):
+        raise token_range_error(tokens, vocab_size, name)

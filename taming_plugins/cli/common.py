@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import random
+from typing import Any, Mapping, Optional
 
 import numpy as np
 import torch
@@ -35,3 +36,28 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def check_plugin_options(kind: str, name: str, options: Mapping[str, Any],
+                         parser: Optional[argparse.ArgumentParser]) -> None:
+    """Refuse flags that set options component ``kind``/``name`` does not take, e.g.
+    ``--window`` for a sampler without a window or ``--temperature`` for a plugin sampler
+    without one: a usage error (exit 2, one line) through ``parser``, or ValueError
+    without one. Unknown names are left to the registry's own error."""
+    import taming_core
+    from taming_core.registry import accepted_arguments
+
+    try:
+        accepted = accepted_arguments(kind, name)
+    except taming_core.RegistryError:
+        return
+    unknown = [k for k in options if accepted is not None and k not in accepted]
+    if not unknown:
+        return
+    flags = ", ".join("--" + k.replace("_", "-") for k in unknown)
+    message = (f"{flags}: the {kind} {name!r} does not take "
+               f"{'this option' if len(unknown) == 1 else 'these options'} "
+               f"(it accepts {', '.join(accepted or []) or 'no options'})")
+    if parser is None:
+        raise ValueError(message)
+    parser.error(message)

@@ -46,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_device_flag(p)
     add_seed_flag(p)
-    p.set_defaults(func=run, device=None, seed=None)
+    p.set_defaults(func=run, device=None, seed=None, _parser=p)
 
 
 def _merged_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -59,10 +59,11 @@ def _merged_config(args: argparse.Namespace) -> dict[str, Any]:
             config[key] = value
     if args.no_progress:
         config["progress"] = False
+    parser: argparse.ArgumentParser = args._parser
     if "out_dir" not in config:
-        raise ValueError("--out is required (or out_dir in --config)")
+        parser.error("--out is required (or out_dir in --config)")
     if "tokenizer" not in config:
-        raise ValueError("--tokenizer is required (or tokenizer in --config)")
+        parser.error("--tokenizer is required (or tokenizer in --config)")
     return config
 
 
