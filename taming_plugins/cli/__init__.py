@@ -28,8 +28,16 @@ log = logging.getLogger("taming")
 RUNTIME_ERRORS = (ValueError, KeyError, RuntimeError, OSError, ImportError)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line on stderr (exit 2), pointing to
+    ``--help`` instead of printing the usage block. Sub-command parsers inherit it."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="taming", description="Taming Transformers: train tokenizers and priors, sample, "
         "convert original checkpoints, run benchmarks.")
     parser.add_argument("-v", "--verbose", action="count", default=0,
