@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import ConfigLike, build, load_config
-from .errors import CheckpointError, ConfigError, ValidationError
+from .errors import CheckpointError, ConfigError, RegistryError, ValidationError
 from .interfaces import Conditioner, Encoded, Prior, Sampler, Tokenizer
 from .registry import KINDS, available, get, get_entry, spec_of
 from .io import load_tensors, read_json, save_tensors, write_json
@@ -92,7 +92,10 @@ def provenance(cfg: Mapping[str, Any]) -> dict[str, dict[str, Optional[str]]]:
         for path, kind, name in _walk_specs(cfg.get(role), role, role):
             if kind not in KINDS:
                 continue
-            entry = get_entry(kind, name)
+            try:
+                entry = get_entry(kind, name)
+            except RegistryError:  # built outside the registry: nothing to record
+                continue
             out[path] = {"kind": kind, "name": name, "distribution": entry.distribution,
                          "version": entry.version, "origin": entry.origin}
     return out
