@@ -19,6 +19,7 @@ from typing import Optional, Union
 import torch
 
 from .errors import ValidationError
+from .interfaces import QuantizerOutput
 
 Dim = Union[int, str, None]
 
@@ -204,8 +205,6 @@ def check_quantizer_output(out: object, z: "torch.Tensor", quantizer: object,
     a ``QuantizerOutput`` whose ``z_q`` has ``z``'s shape and float dtype and whose
     ``indices`` are integer B×H×W (B×H×W×L with L levels). Shapes and dtypes only: no
     device synchronisation, so it may run every training step."""
-    from .interfaces import QuantizerOutput  # local import: interfaces is heavier
-
     who = component_label(quantizer, "quantizer")
     if not isinstance(out, QuantizerOutput):
         raise ValidationError(f"{who} returned {type(out).__name__}; expected a QuantizerOutput")
