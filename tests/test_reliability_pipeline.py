@@ -291,3 +291,32 @@ def test_sampler_output_is_checked_where_the_pipeline_consumes_it():
             pipe.generate(2, sampler=out_of_range)
     finally:
         taming_core.unregister("sampler", "test_rel_wrong_shape")
+
+
+DTYPES = [torch.long, torch.int32, torch.int16, torch.uint8, torch.float32, torch.float16, torch.bool]
+
+
+@settings(max_examples=80, deadline=None)
+@given(dtype=st.sampled_from(DTYPES), b=st.integers(1, 3), h=st.integers(1, 4), w=st.integers(1, 4),
+       shape=st.sampled_from(["right", "flat", "transposed", "extra"]))
+def test_boundary_checks_accept_exactly_integer_grids_of_the_right_shape(dtype, b, h, w, shape):
+    """Property: quantizer indices and sampler grids pass iff integer (not bool) and
+    shaped B×H×W; anything else is a ValidationError naming the component."""
+    from taming_core.validation import check_quantizer_output, check_token_grid
+
+    want = (b, h, w)
+    got = {"right": want, "flat": (b * h * w,), "transposed": (b, w, h + 1),
+           "extra": (b, h, w, 2)}[shape]
+    idx = torch.zeros(got, dtype=dtype)
+    ok = shape == "right" and dtype not in (torch.float32, torch.float16, torch.bool)
+    z = torch.zeros(b, 4, h, w)
+    q = taming_core.create("quantizer", "vq", codebook_size=CODES, dim=4)
+    out = taming_core.QuantizerOutput(z, idx, z.new_zeros(()))
+    sampler = taming_core.create("sampler", "autoregressive")
+    for check in (lambda: check_quantizer_output(out, z, q),
+                  lambda: check_token_grid(idx, b, (h, w), sampler)):
+        if ok:
+            check()
+        else:
+            with pytest.raises(ValidationError, match=r"^(quantizer 'vq'|sampler 'autoregressive')"):
+                check()

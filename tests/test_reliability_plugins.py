@@ -67,22 +67,22 @@ print(json.dumps({"samplers": samplers, "vq_origin": vq.origin, "vq_obj": vq.obj
                   "status": status}))
 """
 
-LOAD_TWICE = """
-import json, sys, taming_core
-out = []
-for plugins in ([], ["example"]):
-    taming_core.load_plugins(plugins)
+# B: the example and the broken plugin installed, autoload off, only the built-ins chosen
+# (TAMING_PLUGINS): load the pipeline (its plugin not loaded), run the CLI with and
+# without --plugins, then load the pipeline again (the plugin now loaded).
+LOAD_AND_CLI = """
+import contextlib, io, json, sys
+import taming_core
+from taming_plugins.cli import main
+
+def load():
     try:
         pipe = taming_core.Pipeline.load(sys.argv[1])
-        out.append("loaded " + type(pipe.tokenizer.quantize).__name__)
+        return "loaded " + type(pipe.tokenizer.quantize).__name__
     except taming_core.CheckpointError as exc:
-        out.append("error: " + str(exc))
-print(json.dumps(out))
-"""
+        return "error: " + str(exc)
 
-CLI = """
-import contextlib, io, json
-from taming_plugins.cli import main
+before = load()
 runs = []
 for args in (["plugins", "--kind", "quantizer"], ["--plugins", "nope", "plugins"],
              ["--plugins", "broken", "plugins"], ["--plugins", "example", "plugins", "--kind", "quantizer"]):
@@ -90,7 +90,7 @@ for args in (["plugins", "--kind", "quantizer"], ["--plugins", "nope", "plugins"
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         rc = main(args)
     runs.append([rc, out.getvalue(), err.getvalue()])
-print(json.dumps(runs))
+print(json.dumps({"before": before, "runs": runs, "after": load()}))
 """
 
 
@@ -119,27 +119,30 @@ def test_a_plugin_that_fails_while_loading_leaves_no_registrations(saved_with_pl
     assert info["status"]["example"] == [True, None]
 
 
-def test_pipeline_records_and_names_the_distribution_of_a_missing_plugin(saved_with_plugin, tmp_path):
+@pytest.fixture(scope="module")
+def autoload_off(saved_with_plugin, tmp_path_factory):
+    pipe_dir, _ = saved_with_plugin
+    env = plugin_env(tmp_path_factory.mktemp("site_off"), ["taming_example_plugin", "taming_broken_plugin"],
+                     TAMING_DISABLE_PLUGIN_AUTOLOAD="1", TAMING_PLUGINS="builtin")
+    return _json(LOAD_AND_CLI, env, str(pipe_dir))
+
+
+def test_pipeline_records_and_names_the_distribution_of_a_missing_plugin(saved_with_plugin, autoload_off):
     pipe_dir, _ = saved_with_plugin
     prov = json.loads((pipe_dir / "pipeline.json").read_text())["provenance"]
     assert prov["tokenizer.quantizer"] == {
         "kind": "quantizer", "name": "frozen_random", "distribution": "taming-example-plugin",
         "version": "0.3.0", "origin": "taming-example-plugin 0.3.0"}
-    # installed but not loaded (autoload off, only the built-ins chosen), then loaded
-    env = plugin_env(tmp_path, ["taming_example_plugin"], TAMING_DISABLE_PLUGIN_AUTOLOAD="1",
-                     TAMING_PLUGINS="builtin")
-    missing, loaded = _json(LOAD_TWICE, env, str(pipe_dir))
+    missing = autoload_off["before"]  # installed but not loaded: autoload off, built-ins only
     assert missing.startswith("error: ") and "\n" not in missing
     assert "tokenizer.quantizer: quantizer 'frozen_random' is not registered" in missing
     assert "'taming-example-plugin' (version 0.3.0)" in missing
     assert "pip install 'taming-example-plugin==0.3.0'" in missing and "TAMING_PLUGINS" in missing
-    assert loaded == "loaded FrozenRandomQuantizer"
+    assert autoload_off["after"] == "loaded FrozenRandomQuantizer"  # after --plugins example
 
 
-def test_cli_loads_chosen_plugins_with_autoload_off(tmp_path):
-    env = plugin_env(tmp_path, ["taming_example_plugin", "taming_broken_plugin"],
-                     TAMING_DISABLE_PLUGIN_AUTOLOAD="1")
-    plain, nope, broken, chosen = _json(CLI, env)
+def test_cli_loads_chosen_plugins_with_autoload_off(autoload_off):
+    plain, nope, broken, chosen = autoload_off["runs"]
     assert plain[0] == 0 and "frozen_random" not in plain[1]
     for rc, _, err in (nope, broken):
         assert rc == 1 and len(err.strip().splitlines()) == 1, err
