@@ -164,5 +164,7 @@ def test_folder_with_only_other_files_names_them(tmp_path):
     msg = str(err.value)
     assert "3 other file(s) skipped for their extension" in msg
     assert "2 × .txt" in msg and "1 × .gif" in msg
+    empty = tmp_path / "empty"
+    empty.mkdir()
     with pytest.raises(ValidationError, match="the folder is empty"):
-        ImageFolder(tmp_path / "sub" if (tmp_path / "sub").mkdir() is None else tmp_path, SIZE)
+        ImageFolder(empty, SIZE)
