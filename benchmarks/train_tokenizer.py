@@ -122,9 +122,12 @@ def main() -> None:
     parser.add_argument("--original", help="path of a taming-transformers checkout to compare with")
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=THREADS, help=f"torch threads (default {THREADS})")
+    parser.add_argument("--name", default=None, help="results file name (default train_tokenizer[_quick])")
+    parser.add_argument("--fused-only", action="store_true", help="time only the default (fused) trainer")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     from taming_plugins.data import get_dataset
 
@@ -133,8 +136,9 @@ def main() -> None:
     repeats = args.repeats or (3 if args.quick else 8)
     with tempfile.TemporaryDirectory() as out:
         fused, lpips_model = taming_step(out, batch, fused=True)
-        unfused, _ = taming_step(out, batch, fused=False, perceptual=lpips_model)
-        methods = {"taming": fused, "taming (unfused loss)": unfused}
+        methods = {"taming": fused}
+        if not args.fused_only:
+            methods["taming (unfused loss)"], _ = taming_step(out, batch, fused=False, perceptual=lpips_model)
         if args.original:
             methods["original"] = original_step(args.original, batch, lpips_model.model)
         times = time_interleaved(methods, repeats=repeats, warmup=1)
@@ -149,17 +153,17 @@ def main() -> None:
         f"{IMAGE_SIZE}×{IMAGE_SIZE}, PatchGAN ndf 64 / 3 layers, hinge, disc_start 0",
         "one step = tokenizer update (L1 + LPIPS + adaptive-weight GAN term) + discriminator update",
         "LPIPS uses a RANDOM VGG16 backbone (no ImageNet weights offline): same cost as the real one",
-        f"{THREADS} torch threads; methods timed round-robin in one process (median of runs); the "
+        f"{args.threads} torch threads; methods timed round-robin in one process (median of runs); the "
         f"machine is shared with other jobs, so compare ratios within this table",
         ("speedup_vs_original: against the original modules measured in this same run"
          if "original" in times else
          f"speedup_vs_original: against the issue's reference {REFERENCE_ORIGINAL_S} s/step "
          f"(original not run); target <= {TARGET_S} s/step"),
     ]
-    write_results(NAME + ("_quick" if args.quick else ""), rows,
+    write_results(args.name or NAME + ("_quick" if args.quick else ""), rows,
                   columns=["method", "s_per_step", "min_s", "images_per_s", "speedup_vs_original", "runs"],
                   title="Stage-1 training step (VQGAN, CPU)", notes=notes,
-                  meta={"threads": THREADS, "batch": BATCH, "image_size": IMAGE_SIZE,
+                  meta={"threads": args.threads, "batch": BATCH, "image_size": IMAGE_SIZE,
                         "original": bool(args.original)})
 
 
