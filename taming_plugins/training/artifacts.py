@@ -14,7 +14,7 @@ from taming_core import Tokenizer, create_from_spec
 from taming_core.errors import CheckpointError
 from taming_core.io import atomic_path, read_json
 
-from .checkpoint import CONFIG_FILE, STATE_FILE, CheckpointManager
+from .checkpoint import CONFIG_FILE, RUN_CHECKPOINTS, STATE_FILE, CheckpointManager
 from .ema import EMA
 
 log = logging.getLogger(__name__)
@@ -25,8 +25,6 @@ PathLike = Union[str, os.PathLike]
 TOKENIZER_MODULE = "tokenizer"
 #: Stateful entry under which the stage-1 trainer stores the tokenizer's EMA weights.
 EMA_STATE = "ema"
-#: Sub-directory of a stage-1 run directory holding its checkpoints.
-RUN_CHECKPOINTS = "checkpoints"
 #: File suffixes of original taming-transformers (Lightning) checkpoints.
 ORIGINAL_SUFFIXES = (".ckpt", ".pt", ".pth")
 

@@ -28,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "train-tokenizer", help="train a tokenizer (VQGAN stage 1)",
         description="Train a tokenizer against the VQGAN loss (L1 + LPIPS + adaptive GAN term). "
         "The config (YAML/JSON) has sections tokenizer, loss, data, optim, train "
-        "(see taming_plugins.training.stage1_config); flags override it.")
+        "(see taming_plugins.training.config, docs/training.md); flags override it. Writes "
+        "checkpoints/, metrics.jsonl and images/ to train.out.")
     p.add_argument("--config", required=True, help="run config file (YAML or JSON)")
     p.add_argument("--data", help="'photos', 'fashion-mnist' or an image folder (data.train)")
     p.add_argument("--steps", type=int, help="optimizer steps (train.steps)")
@@ -39,6 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="run directory (train.out)")
     p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
                    help="continue from the latest checkpoint in --out, or from CHECKPOINT")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete the run already in --out (checkpoints, metrics, images) and start afresh")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     add_device_flag(p)
     add_seed_flag(p, default=DEFAULT_SEED)
@@ -70,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     config = apply_overrides(load_config(args.config), args)
     trainer = TokenizerTrainer(config)
     resume: Any = False if args.resume is None else (True if args.resume == "latest" else args.resume)
-    result = trainer.fit(resume=resume)
+    result = trainer.fit(resume=resume, overwrite=args.overwrite)
     summary = {"step": result.step, "out": str(result.out),
                "checkpoint": str(result.last_checkpoint) if result.last_checkpoint else None,
                **{k: round(v, 5) for k, v in result.val_metrics.items()}}
