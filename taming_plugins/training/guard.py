@@ -51,37 +51,40 @@ class DivergenceGuard:
     def __init__(self, monitor: str, *, factor: Optional[float] = 100.0, window: int = 50) -> None:
         self.monitor, self.factor = monitor, factor
         self.history: deque[float] = deque(maxlen=window)
-        self._bad: Optional[Tensor] = None       # bool 0-d: a non-finite value was seen
-        self._first: Optional[Tensor] = None     # long 0-d: the first such step (-1: none)
-        self._names: list[str] = []
+        self._bad: dict[str, Tensor] = {}       # name -> bool 0-d: a non-finite value was seen
+        self._first: Optional[Tensor] = None    # long 0-d: the first such step (-1: none)
+        self._any: Optional[Tensor] = None
 
     # ------------------------------------------------------------------ per step (no sync)
     def observe(self, step: int, values: Mapping[str, Number]) -> None:
-        """Record whether any of ``values`` (tensors or floats) of ``step`` is non-finite."""
-        tensors = [v.detach().float().reshape(-1) for v in values.values() if isinstance(v, Tensor)]
-        floats = [float(v) for v in values.values() if not isinstance(v, Tensor)]
-        if not tensors and not floats:
+        """Record which of ``values`` (tensors or floats) of ``step`` are non-finite.
+
+        Device arithmetic only (no sync): a flag per name, and the first bad step."""
+        flags: dict[str, Tensor] = {}
+        device: Optional[torch.device] = None
+        for name, value in values.items():
+            if isinstance(value, Tensor):
+                flags[name] = ~torch.isfinite(value.detach()).all()
+                device = value.device
+        for name, value in values.items():
+            if not isinstance(value, Tensor) and not math.isfinite(float(value)):
+                flags[name] = torch.ones((), dtype=torch.bool, device=device)
+        if not flags:
             return
-        bad_float = any(not math.isfinite(v) for v in floats)
-        if tensors:
-            device = tensors[0].device
-            bad = ~torch.isfinite(torch.cat([t.to(device) for t in tensors])).all()
-            if bad_float:
-                bad = torch.ones((), dtype=torch.bool, device=device)
-        else:
-            bad = torch.tensor(bad_float)
-        if self._bad is None:
-            self._bad = torch.zeros((), dtype=torch.bool, device=bad.device)
-            self._first = torch.full((), -1, dtype=torch.long, device=bad.device)
-            self._names = sorted(values)
+        device = next(iter(flags.values())).device
+        if self._any is None:
+            self._any = torch.zeros((), dtype=torch.bool, device=device)
+            self._first = torch.full((), -1, dtype=torch.long, device=device)
         assert self._first is not None
-        new = bad & ~self._bad
-        self._first = torch.where(new, torch.full_like(self._first, step), self._first)
-        self._bad = self._bad | bad
+        bad = torch.stack([f.to(device) for f in flags.values()]).any()
+        self._first = torch.where(bad & ~self._any, torch.full_like(self._first, step), self._first)
+        self._any = self._any | bad
+        for name, flag in flags.items():
+            self._bad[name] = self._bad[name] | flag if name in self._bad else flag
 
     def reset(self) -> None:
-        """Forget the accumulated flag (after a successful check)."""
-        self._bad, self._first = None, None
+        """Forget the accumulated flags (after a successful check)."""
+        self._bad, self._first, self._any = {}, None, None
 
     # ------------------------------------------------------------------ checks (one sync)
     def check(self, step: int, logged: Optional[Mapping[str, float]] = None, *,
@@ -90,13 +93,16 @@ class DivergenceGuard:
         check or if ``logged[monitor]`` exceeds ``factor`` × its running median."""
         where = (f"the last checkpoint before the divergence is {last_checkpoint}" if last_checkpoint
                  else "no checkpoint was written before the divergence")
-        if self._bad is not None:
+        if self._any is not None:
             assert self._first is not None
-            bad, first = torch.stack([self._bad.long(), self._first]).tolist()
+            names = list(self._bad)
+            read = torch.stack([self._first, self._any.long(),
+                                *(self._bad[n].long().to(self._first.device) for n in names)]).tolist()
+            first, bad, per_name = read[0], read[1], read[2:]
             if bad:
-                raise TrainingError(f"step {first}: non-finite loss or gradient (one of "
-                                    f"{', '.join(self._names)}); training stopped and {where}. "
-                                    f"{_advice().capitalize()}")
+                which = ", ".join(n for n, b in zip(names, per_name) if b)
+                raise TrainingError(f"step {first}: non-finite loss or gradient ({which}); training "
+                                    f"stopped and {where}. {_advice().capitalize()}")
             self.reset()
         if logged is None:
             return

@@ -20,8 +20,9 @@ and optionally :meth:`Trainer.evaluate`, :meth:`Trainer.check_batch`.
 
 Hot path: device-synchronising work (value-range and finiteness checks of the inputs,
 ``float()`` of the logged losses, the guard's check) runs on logging steps, checkpoint
-steps and the first step only; the other steps run inside
-:func:`taming_core.validation.deferred_value_checks`.
+steps and the first step only; the training steps themselves run inside
+:func:`taming_core.validation.deferred_value_checks` (components skip their per-call
+value checks; a NaN/Inf they would have refused reaches the loss and the guard).
 """
 
 from __future__ import annotations
@@ -323,7 +324,9 @@ class Trainer:
         if sync_step:
             self.check_batch(batch)
         try:
-            with contextlib.nullcontext() if sync_step else deferred_value_checks():
+            # The batch was checked at the entry point (first and logging steps); what the
+            # components compute from it is watched by the guard, not by per-call syncs.
+            with deferred_value_checks():
                 return self.train_step(batch)
         except ValidationError as exc:  # a component refused a NaN/Inf the weights produced
             bad = nonfinite_parameters(self.modules().values())
