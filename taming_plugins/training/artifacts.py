@@ -86,9 +86,11 @@ def load_frozen_tokenizer(source: Union[PathLike, Tokenizer], *, use_ema: bool =
 
         tokenizer = load_converted(path).tokenizer
     elif path.is_file() and path.suffix.lower() in ORIGINAL_SUFFIXES:
-        from taming_plugins.compat import load_taming_checkpoint
+        from taming_plugins.compat import TamingCheckpoint, load_taming_checkpoint
+        from taming_plugins.compat.net2net import Net2NetCheckpoint
 
-        tokenizer = getattr(load_taming_checkpoint(path), TOKENIZER_MODULE, None)
+        loaded = load_taming_checkpoint(path)  # a VQModel/GumbelVQ or a Net2Net checkpoint
+        tokenizer = loaded.tokenizer if isinstance(loaded, (TamingCheckpoint, Net2NetCheckpoint)) else loaded
     else:
         raise CheckpointError(f"{path}: expected a stage-1 checkpoint directory (with {STATE_FILE}), "
                               f"a converted checkpoint directory (with {CONFIG_FILE}) or an original "
