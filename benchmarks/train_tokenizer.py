@@ -7,7 +7,8 @@ not a perceptual metric), hinge loss, adaptive weight active (disc_start 0).
 
 Methods (timed round-robin in one process, so load from other processes hits all alike):
 
-* ``taming`` -- :meth:`TokenizerTrainer.train_step` (fused adaptive-weight backward,
+* ``taming`` -- :meth:`TokenizerTrainer.run_step`, a step as the training loop runs it
+  between logging steps (fused adaptive-weight backward,
   discriminator trained on the generator step's reconstructions, single-pass LPIPS).
 * ``taming (unfused loss)`` -- the same trainer with ``fused=False`` (the literal
   original loss computation).
@@ -74,7 +75,26 @@ def taming_step(out: str, batch: torch.Tensor, *, fused: bool, perceptual: Any =
     trainer = TokenizerTrainer(cfg)
     if perceptual is not None:
         trainer.loss.perceptual = perceptual
-    return (lambda: trainer.train_step([batch])), trainer.loss.perceptual
+    # As the training loop runs a step between logging steps (no per-step device syncs).
+    return (lambda: trainer.run_step([batch])), trainer.loss.perceptual
+
+
+def synced_step(out: str, batch: torch.Tensor, perceptual: Any) -> Callable[[], Any]:
+    """The same step with the device syncs the trainer used to make every step: the
+    components' value checks (image range, latent finiteness) and ``float()`` of every
+    logged value (the hot-path change of issue 13 moved both to logging steps)."""
+    from taming_plugins.training.stage1 import TokenizerTrainer
+
+    cfg = trainer_config(out, fused=True)
+    cfg["loss"]["perceptual"] = None
+    trainer = TokenizerTrainer(cfg)
+    trainer.loss.perceptual = perceptual
+
+    def step() -> dict[str, float]:
+        logs = trainer.train_step([batch])  # outside deferred_value_checks: every check runs
+        return {k: float(v) for k, v in logs.items()}
+
+    return step
 
 
 def original_step(root: str, batch: torch.Tensor, lpips_model: nn.Module) -> Callable[[], Any]:
@@ -125,6 +145,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=THREADS, help=f"torch threads (default {THREADS})")
     parser.add_argument("--name", default=None, help="results file name (default train_tokenizer[_quick])")
     parser.add_argument("--fused-only", action="store_true", help="time only the default (fused) trainer")
+    parser.add_argument("--compare-syncs", action="store_true",
+                        help="also time the step with the per-step device syncs of the earlier trainer")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
@@ -137,6 +159,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as out:
         fused, lpips_model = taming_step(out, batch, fused=True)
         methods = {"taming": fused}
+        if args.compare_syncs:
+            methods["taming (per-step syncs, earlier trainer)"] = synced_step(out, batch, lpips_model)
         if not args.fused_only:
             methods["taming (unfused loss)"], _ = taming_step(out, batch, fused=False, perceptual=lpips_model)
         if args.original:

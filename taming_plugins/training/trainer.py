@@ -319,9 +319,12 @@ class Trainer:
         """Restore step-driven state that is not in the state dicts (default: none)."""
 
     # ------------------------------------------------------------------ the loop
-    def _run_step(self, batch: Any, sync_step: bool) -> dict[str, Union[Tensor, float]]:
+    def run_step(self, batch: Any, *, check_inputs: bool = False) -> dict[str, Union[Tensor, float]]:
+        """One training step as the loop runs it: the entry-point checks of ``batch`` when
+        ``check_inputs`` (first and logging steps), then :meth:`train_step` with the
+        components' per-call value checks deferred. Returns detached metrics (no sync)."""
         step = self.step + 1
-        if sync_step:
+        if check_inputs:
             self.check_batch(batch)
         try:
             # The batch was checked at the entry point (first and logging steps); what the
@@ -371,7 +374,7 @@ class Trainer:
                 ckpt_step = step % ckpt_every == 0 or final
                 log_step = step % log_every == 0 or ckpt_step
                 self.set_lr(self.step)
-                logs = self._run_step(next(batches), sync_step=first or log_step)
+                logs = self.run_step(next(batches), check_inputs=first or log_step)
                 first = False
                 self.guard.observe(step, logs)
                 window.add(logs)
