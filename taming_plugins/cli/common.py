@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import copy
+from collections.abc import Mapping
+from typing import Any, Optional, Union
 
 from taming_plugins.training.runtime import resolve_device, seed_everything
 
-__all__ = ["add_device_flag", "add_seed_flag", "resolve_device", "seed_everything"]
+__all__ = ["add_device_flag", "add_run_flags", "add_seed_flag", "apply_run_overrides", "resolve_device",
+           "resume_option", "seed_everything"]
+
+#: Where a flag's value goes in a run config: ``(section, key)``, or ``(None, key)`` for a
+#: top-level key.
+FlagTarget = tuple[Optional[str], str]
 
 
 def add_device_flag(parser: argparse.ArgumentParser) -> None:
@@ -16,3 +24,36 @@ def add_device_flag(parser: argparse.ArgumentParser) -> None:
 
 def add_seed_flag(parser: argparse.ArgumentParser, default: int = 0) -> None:
     parser.add_argument("--seed", type=int, default=default, help=f"random seed (default {default})")
+
+
+def add_run_flags(parser: argparse.ArgumentParser) -> None:
+    """``--resume [CKPT]``, ``--overwrite`` and ``--no-progress`` of the training commands."""
+    parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CKPT",
+                        help="continue the run in --out from its latest checkpoint (or from CKPT)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete the run already in --out (checkpoints, metrics, images) and "
+                        "start afresh")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def apply_run_overrides(config: Mapping[str, Any], args: argparse.Namespace,
+                        flags: Mapping[str, FlagTarget]) -> dict[str, Any]:
+    """A copy of the run ``config`` with every flag that was given (not None) written to
+    its ``(section, key)``; ``--no-progress`` sets ``train.progress: false``."""
+    cfg = copy.deepcopy(dict(config))
+    for dest, (section, key) in flags.items():
+        value = getattr(args, dest)
+        if value is None:
+            continue
+        if section is None:
+            cfg[key] = value
+        else:
+            cfg.setdefault(section, {})[key] = value
+    if args.no_progress:
+        cfg.setdefault("train", {})["progress"] = False
+    return cfg
+
+
+def resume_option(args: argparse.Namespace) -> Union[bool, str]:
+    """``fit(resume=...)`` from ``--resume``: False, True (latest) or a checkpoint path."""
+    return False if args.resume is None else (True if args.resume == "latest" else args.resume)

@@ -241,6 +241,32 @@ def _sections(cls: Any, raw: Mapping[str, Any], kinds: Mapping[str, Any], what: 
     return out
 
 
+class RunConfig:
+    """Base of both run configs: component fields (plain specs) and :data:`SECTIONS`
+    (:class:`Section` dataclasses); ``to_dict`` is JSON-able and ``from_dict`` of it
+    gives an equal config."""
+
+    SECTIONS: ClassVar[dict[str, Any]] = {}
+    STAGE: ClassVar[str] = ""
+
+    @classmethod
+    def _read(cls, config: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``(raw mapping, built sections)``; unknown top-level names are refused."""
+        raw = cls._upgrade(load_config(config))
+        return raw, _sections(cls, raw, cls.SECTIONS, cls.STAGE)
+
+    @classmethod
+    def _upgrade(cls, raw: dict[str, Any]) -> dict[str, Any]:
+        return raw
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            out[f.name] = value.to_dict() if isinstance(value, Section) else copy.deepcopy(value)
+        return out
+
+
 # --------------------------------------------------------------------------- stage 1
 @dataclass
 class TokenizerOptimConfig(OptimConfig):
@@ -288,7 +314,7 @@ DEFAULT_LOSS: dict[str, Any] = {"name": "vqgan", "disc_start": 0, "perceptual": 
 
 
 @dataclass
-class TokenizerTrainConfig:
+class TokenizerTrainConfig(RunConfig):
     """A stage-1 run: ``tokenizer`` (spec, required), ``loss``, ``data``, ``optim``, ``train``."""
 
     tokenizer: dict[str, Any]
@@ -299,14 +325,14 @@ class TokenizerTrainConfig:
 
     SECTIONS: ClassVar[dict[str, Any]] = {"data": DataConfig, "optim": TokenizerOptimConfig,
                                           "train": TokenizerTrainSection}
+    STAGE: ClassVar[str] = "stage-1"
 
     @classmethod
     def from_dict(cls, config: Any) -> "TokenizerTrainConfig":
         """From a dict, a YAML/JSON path or an instance (returned as a copy)."""
         if isinstance(config, cls):
             return cls.from_dict(config.to_dict())
-        raw = load_config(config)
-        sections = _sections(cls, raw, cls.SECTIONS, "stage-1")
+        raw, sections = cls._read(config)
         tokenizer = raw.get("tokenizer")
         _spec(tokenizer, "tokenizer: required,")
         loss = raw.get("loss", DEFAULT_LOSS)
@@ -314,10 +340,6 @@ class TokenizerTrainConfig:
         if loss.get("name", DEFAULT_LOSS["name"]) == DEFAULT_LOSS["name"]:
             loss = merge_configs(DEFAULT_LOSS, loss)  # the vqgan defaults fill a vqgan spec
         return cls(tokenizer=copy.deepcopy(dict(tokenizer)), loss=copy.deepcopy(dict(loss)), **sections)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"tokenizer": copy.deepcopy(self.tokenizer), "loss": copy.deepcopy(self.loss),
-                **{name: getattr(self, name).to_dict() for name in self.SECTIONS}}
 
 
 # --------------------------------------------------------------------------- stage 2
@@ -419,7 +441,7 @@ def upgrade_stage2_config(raw: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @dataclass
-class PriorTrainConfig:
+class PriorTrainConfig(RunConfig):
     """A stage-2 run: ``tokenizer`` (the frozen stage-1 run, checkpoint or original
     ``.ckpt``; may be None when a tokenizer object is passed to the trainer), ``prior``,
     ``conditioner``, ``sampler`` (None: the prior's ``default_sampler``), ``data``,
@@ -436,6 +458,11 @@ class PriorTrainConfig:
 
     SECTIONS: ClassVar[dict[str, Any]] = {"data": DataConfig, "optim": PriorOptimConfig,
                                           "train": PriorTrainSection}
+    STAGE: ClassVar[str] = "stage-2"
+
+    @classmethod
+    def _upgrade(cls, raw: dict[str, Any]) -> dict[str, Any]:
+        return upgrade_stage2_config(raw)
 
     @classmethod
     def from_dict(cls, config: Any) -> "PriorTrainConfig":
@@ -443,23 +470,12 @@ class PriorTrainConfig:
         instance (returned as a copy)."""
         if isinstance(config, cls):
             return cls.from_dict(config.to_dict())
-        raw = upgrade_stage2_config(load_config(config))
-        sections = _sections(cls, raw, cls.SECTIONS, "stage-2")
+        raw, sections = cls._read(config)
         tokenizer = raw.get("tokenizer")
-        if tokenizer is not None and not isinstance(tokenizer, str):
-            tokenizer = str(tokenizer)
-        prior = raw.get("prior", cls().prior)
-        conditioner = raw.get("conditioner", {"name": "sos"})
-        sampler = raw.get("sampler")
-        _spec(prior, "prior")
-        _spec(conditioner, "conditioner")
-        _spec(sampler, "sampler", optional=True)
-        return cls(tokenizer=tokenizer, prior=copy.deepcopy(dict(prior)),
-                   conditioner=copy.deepcopy(dict(conditioner)),
-                   sampler=copy.deepcopy(dict(sampler)) if sampler is not None else None, **sections)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"tokenizer": self.tokenizer, "prior": copy.deepcopy(self.prior),
-                "conditioner": copy.deepcopy(self.conditioner),
-                "sampler": copy.deepcopy(self.sampler),
-                **{name: getattr(self, name).to_dict() for name in self.SECTIONS}}
+        specs = {"prior": raw.get("prior", cls().prior), "conditioner": raw.get("conditioner", {"name": "sos"}),
+                 "sampler": raw.get("sampler")}
+        for name, spec in specs.items():
+            _spec(spec, name, optional=name == "sampler")
+        return cls(tokenizer=None if tokenizer is None else str(tokenizer),
+                   **{k: copy.deepcopy(dict(v)) if v is not None else None for k, v in specs.items()},
+                   **sections)

@@ -7,16 +7,8 @@ style for both stages, see :mod:`taming_plugins.training.config`); this module k
 A run config is a dict (or a YAML/JSON file) with five sections; every key is
 optional except ``tokenizer`` (defaults below)::
 
-    tokenizer:            # any registered tokenizer spec, built with taming_core.build
-      name: vqgan
-      ch: 128
-      ch_mult: [1, 1, 2, 2, 4]
-      num_res_blocks: 2
-      attn_resolutions: [16]
-      z_channels: 256
-      embed_dim: 256
-      n_embed: 1024
-      quantizer: {name: vq}
+    tokenizer:            # any registered tokenizer spec (docs/training.md has a VQGAN f16)
+      {name: vqgan, ch: 128, ch_mult: [1, 1, 2, 2, 4], ..., n_embed: 1024, quantizer: {name: vq}}
     loss:                 # any registered AutoencoderLoss (kind autoencoder_loss)
       name: vqgan
       disc_start: 0

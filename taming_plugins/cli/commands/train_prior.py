@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..common import add_device_flag, add_seed_flag
+from ..common import add_device_flag, add_run_flags, add_seed_flag, apply_run_overrides, resume_option
 
 #: Command-line flags that override ``(section, key)`` of the run config (``None``: top level).
 OVERRIDES = {
@@ -45,11 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--log-every", type=int, help="steps between metric records")
     p.add_argument("--precision", choices=("fp32", "bf16"), help="autocast precision of the prior")
     p.add_argument("--cache-dir", help="token cache directory (default OUT/token_cache)")
-    p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CKPT",
-                   help="continue from the latest checkpoint in --out (or the one given)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="delete the run already in --out (checkpoints, metrics, images) and start afresh")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_run_flags(p)
     add_device_flag(p)
     add_seed_flag(p)
     p.set_defaults(func=run, device=None, seed=None)
@@ -59,19 +55,10 @@ def _merged_config(args: argparse.Namespace) -> dict[str, Any]:
     from taming_core import load_config
     from taming_plugins.training.config import upgrade_stage2_config
 
-    config: dict[str, Any] = upgrade_stage2_config(load_config(args.config)) if args.config else {}
-    for dest, (section, key) in OVERRIDES.items():
-        value = getattr(args, dest)
-        if value is None:
-            continue
-        if section is None:
-            config[key] = value
-        else:
-            config.setdefault(section, {})[key] = value
+    config = upgrade_stage2_config(load_config(args.config)) if args.config else {}
+    config = apply_run_overrides(config, args, OVERRIDES)
     if args.precision is not None:
         config.setdefault("optim", {})["bf16"] = args.precision == "bf16"
-    if args.no_progress:
-        config.setdefault("train", {})["progress"] = False
     if "out" not in config.get("train", {}):
         raise ValueError("--out is required (or train.out in --config)")
     if "tokenizer" not in config:
@@ -83,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     from taming_plugins.training.stage2 import PriorTrainer
 
     trainer = PriorTrainer(_merged_config(args))
-    result = trainer.fit(resume=args.resume or False, overwrite=args.overwrite)
+    result = trainer.fit(resume=resume_option(args), overwrite=args.overwrite)
     summary = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items())
     print(f"trained prior to step {result.step} ({summary}); checkpoints in "
           f"{trainer.ckpt.directory}")
