@@ -17,6 +17,10 @@ Semantics of the original ``VQLPIPSWithDiscriminator`` (taming-transformers,
 
 Differences, all documented choices:
 
+* A tokenizer that declares no last layer (``Tokenizer.last_layer`` is None) trains with
+  the fixed weight ``disc_weight`` instead of the adaptive one (the original always had
+  the decoder's ``conv_out``).
+
 * Before ``disc_start`` (disc_factor 0) the discriminator is not evaluated at all (the
   original runs it and multiplies by 0): same gradients, less work; the discriminator
   step is skipped then (:meth:`VQGANLoss.discriminator_active`).
@@ -173,8 +177,9 @@ class VQGANLoss(AutoencoderLoss):
             quant_loss: the quantizer's scalar loss.
             step: global step (for ``disc_start``).
             last_layer: the decoder's last weight (``tokenizer.last_layer``); needed for
-                the adaptive weight while training. Without it, or without gradients
-                (evaluation), the GAN weight is 0 as in the original.
+                the adaptive weight while training. Without gradients (evaluation) the GAN
+                weight is 0 as in the original; without a last layer (None) it is the
+                fixed ``disc_weight``.
         """
         check_tensor(inputs, "vqgan loss(inputs)", dims=("B", "C", "H", "W"), dtype="float")
         check_tensor(reconstructions, "vqgan loss(reconstructions)", dims=tuple(inputs.shape),
@@ -189,7 +194,8 @@ class VQGANLoss(AutoencoderLoss):
         fused_grad: Optional[Tensor] = None
         if self.discriminator_active(step):
             g_loss = self.gan_objective.generator_loss(self.discriminator(reconstructions))
-            if not self.adaptive_weight:
+            if not self.adaptive_weight or last_layer is None:
+                # no last layer declared (Tokenizer.last_layer is None): the fixed weight
                 d_weight = zero + self.disc_weight
             elif can_grad and self.fused:
                 grad_nll_x, = torch.autograd.grad(nll, reconstructions, retain_graph=True)

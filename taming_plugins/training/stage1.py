@@ -53,8 +53,8 @@ from taming_core.validation import check_tensor
 
 from .artifacts import save_image_grid
 from .config import TokenizerTrainConfig
-from .distributed import (ShardedDataStream, broadcast_buffers_, broadcast_module_, fast_optimizer_kwargs,
-                          maybe_compile, no_sync, use_wrapped, wrap_ddp)
+from .distributed import (EntryPoint, ShardedDataStream, broadcast_buffers_, broadcast_module_,
+                          fast_optimizer_kwargs, maybe_compile, no_sync, use_wrapped, wrap_ddp)
 from .ema import EMA
 from .loop import DataStream
 from .stage1_config import learning_rate
@@ -136,7 +136,9 @@ class TokenizerTrainer(Trainer):
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), **adam) if self.has_discriminator \
             else None
         # DDP wrappers (the modules themselves in one process); checkpoints use the modules.
-        self.model: nn.Module = maybe_compile(wrap_ddp(self.tokenizer, self.device), train.compile)
+        # Tokenizer.reconstruct (the declared training path) behind DDP / torch.compile.
+        self.model: nn.Module = maybe_compile(
+            wrap_ddp(EntryPoint(self.tokenizer, self.tokenizer.reconstruct), self.device), train.compile)
         self.disc_model: nn.Module = wrap_ddp(self.discriminator, self.device) if self.has_discriminator \
             else self.discriminator
         self._disc_synced = not self.dist.enabled

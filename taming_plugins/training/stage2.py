@@ -56,7 +56,8 @@ from .artifacts import load_frozen_tokenizer, save_image_grid
 from .checkpoint import CheckpointManager
 from .config import PriorTrainConfig
 from .runtime import seed_everything
-from .distributed import ShardedDataStream, main_process_first, maybe_compile, with_fast_kernels, wrap_ddp
+from .distributed import (EntryPoint, ShardedDataStream, main_process_first, maybe_compile,
+                          with_fast_kernels, wrap_ddp)
 from .token_cache import TokenCache, build_token_cache
 from .trainer import CHECKPOINT_DIR, IMAGES_DIR, METRICS_FILE, FitResult, Trainer
 
@@ -97,24 +98,11 @@ def _step_generator(seed: int, step: int, offset: int = 0, *,
     return torch.Generator(device=device).manual_seed((seed * _STEP_SEED_MIX + step + offset) % (2 ** 63))
 
 
-class _PriorObjective(nn.Module):
-    """``forward`` = ``prior.loss``: the module DDP wraps, so the loss of any prior family
-    passes through the wrapper (gradient all-reduce) under torchrun."""
-
-    def __init__(self, prior: Prior) -> None:
-        super().__init__()
-        self.prior = prior
-
-    def forward(self, tokens: Tensor, condition: Optional[Tensor], generator: Optional[torch.Generator],
-                inputs: Optional[Tensor]) -> Tensor:
-        return self.prior.loss(tokens, condition, generator=generator, inputs=inputs)
-
-
 def prior_objective(prior: Prior, device: torch.device, compile_option: Any = False) -> nn.Module:
-    """The trained callable ``(tokens, condition, generator, inputs) -> loss`` of ``prior``:
-    :meth:`Prior.loss` behind a DDP wrapper (under torchrun) and ``torch.compile`` (if
-    asked). The one place where stage 2 calls the prior's objective."""
-    return maybe_compile(wrap_ddp(_PriorObjective(prior), device), compile_option)
+    """The trained callable ``(tokens, condition, generator=..., inputs=...) -> loss`` of
+    ``prior``: :meth:`Prior.loss` behind a DDP wrapper (under torchrun) and
+    ``torch.compile`` (if asked). The one place where stage 2 calls the prior's objective."""
+    return maybe_compile(wrap_ddp(EntryPoint(prior, prior.loss), device), compile_option)
 
 
 class PriorTrainer(Trainer):
@@ -246,7 +234,7 @@ class PriorTrainer(Trainer):
         condition = self.layout.cond_to_prior(cond) if self.cond_len else None
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.optim.bf16)
         with autocast:
-            return self.model(tokens, condition, generator, inputs)  # the DDP wrapper under torchrun
+            return self.model(tokens, condition, generator=generator, inputs=inputs)  # DDP under torchrun
 
     def train_step(self, batch: tuple[Tensor, Tensor]) -> dict[str, Union[Tensor, float]]:
         tokens, cond = batch
