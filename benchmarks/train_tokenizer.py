@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import tempfile
 from typing import Any, Callable
@@ -172,7 +173,10 @@ def main() -> None:
         rows.append({"method": name, "s_per_step": t["median"], "min_s": t["min"],
                      "images_per_s": BATCH / t["median"], "speedup_vs_original": base / t["median"],
                      "runs": int(t["runs"])})
+    load = os.getloadavg()
     notes = [
+        f"load average (1/5/15 min) at the end of the run: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} "
+        f"on {os.cpu_count()} CPUs (other engineers' jobs were running)",
         f"config: {DDCONFIG}, embed_dim {EMBED_DIM}, {N_EMBED} codes, batch {BATCH}, "
         f"{IMAGE_SIZE}×{IMAGE_SIZE}, PatchGAN ndf 64 / 3 layers, hinge, disc_start 0",
         "one step = tokenizer update (L1 + LPIPS + adaptive-weight GAN term) + discriminator update",

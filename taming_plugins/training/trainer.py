@@ -178,7 +178,7 @@ def prepare_run_directory(out: Path, manager: CheckpointManager, *, resume: Unio
                 elif path.exists():
                     path.unlink()
             log.warning("overwrite: deleted the earlier run in %s (%s)", out, held)
-        barrier()
+    barrier()  # every rank has looked at the directory before rank 0 writes into it
 
 
 def _is_inside(path: Path, directory: Path) -> bool:
