@@ -222,3 +222,34 @@ def test_both_stages_share_section_names_and_round_trip() -> None:
                      (PriorTrainConfig, {"optim": {"lr": 1}})):
         with pytest.raises(ConfigError, match=r"^optim\.lr: unknown key; expected one of learning_rate"):
             cls.from_dict(raw)
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.lists(st.integers(1, 30), min_size=1, max_size=5, unique=True), st.integers(0, 3),
+       st.booleans(), st.booleans())
+def test_recover_keeps_every_complete_checkpoint_and_drops_leftovers(steps, unindexed, tmp_dir, tmp_index) -> None:
+    """Property: after recover() no unfinished file is left, the newest complete checkpoint
+    (indexed or not) is `latest`, and keep_last still holds."""
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        manager = CheckpointManager(Path(d), keep_last=3)
+        module = nn.Linear(1, 1)
+        steps = sorted(steps)
+        for s in steps:
+            manager.save(s, modules={"m": module}, save_rng=False)
+        index_path = Path(d) / INDEX_FILE
+        index = json.loads(index_path.read_text())
+        drop = min(unindexed, len(index["checkpoints"]) - 1)  # the newest ones were never indexed
+        if drop:
+            index["checkpoints"] = index["checkpoints"][:-drop]
+            index_path.write_text(json.dumps(index))
+        if tmp_dir:
+            (Path(d) / ".step_00000099.x.tmp").mkdir()
+        if tmp_index:
+            (Path(d) / f".{INDEX_FILE}.y.tmp").write_text("{")
+        manager.recover()
+        assert not [p for p in Path(d).iterdir() if p.name.startswith(".")]
+        assert manager.latest().name == f"step_{steps[-1]:08d}"
+        assert len(manager.checkpoints()) <= 3
