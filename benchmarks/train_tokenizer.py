@@ -138,6 +138,21 @@ def original_step(root: str, batch: torch.Tensor, lpips_model: nn.Module) -> Cal
     return step
 
 
+def cpu_times(methods: dict[str, Callable[[], Any]], *, repeats: int) -> dict[str, float]:
+    """Median process CPU seconds per call, methods interleaved round-robin."""
+    import statistics
+    import time
+
+    names = list(methods)
+    got: dict[str, list[float]] = {n: [] for n in names}
+    for rnd in range(repeats):
+        for name in names[rnd % len(names):] + names[:rnd % len(names)]:
+            t0 = time.process_time()
+            methods[name]()
+            got[name].append(time.process_time() - t0)
+    return {n: statistics.median(v) for n, v in got.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--original", help="path of a taming-transformers checkout to compare with")
@@ -146,6 +161,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=THREADS, help=f"torch threads (default {THREADS})")
     parser.add_argument("--name", default=None, help="results file name (default train_tokenizer[_quick])")
     parser.add_argument("--fused-only", action="store_true", help="time only the default (fused) trainer")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="also report the median process CPU seconds per step (steadier than wall "
+                        "time on a loaded machine)")
     parser.add_argument("--compare-syncs", action="store_true",
                         help="also time the step with the per-step device syncs of the earlier trainer")
     args = parser.parse_args()
@@ -167,10 +185,12 @@ def main() -> None:
         if args.original:
             methods["original"] = original_step(args.original, batch, lpips_model.model)
         times = time_interleaved(methods, repeats=repeats, warmup=1)
+        cpu = cpu_times(methods, repeats=repeats) if args.cpu_time else {}
     base = times["original"]["median"] if "original" in times else REFERENCE_ORIGINAL_S
     rows = []
     for name, t in times.items():
         rows.append({"method": name, "s_per_step": t["median"], "min_s": t["min"],
+                     **({"cpu_s_per_step": cpu[name]} if cpu else {}),
                      "images_per_s": BATCH / t["median"], "speedup_vs_original": base / t["median"],
                      "runs": int(t["runs"])})
     load = os.getloadavg()
@@ -189,7 +209,8 @@ def main() -> None:
          f"(original not run); target <= {TARGET_S} s/step"),
     ]
     write_results(args.name or NAME + ("_quick" if args.quick else ""), rows,
-                  columns=["method", "s_per_step", "min_s", "images_per_s", "speedup_vs_original", "runs"],
+                  columns=["method", "s_per_step", "min_s", *(["cpu_s_per_step"] if cpu else []),
+                           "images_per_s", "speedup_vs_original", "runs"],
                   title="Stage-1 training step (VQGAN, CPU)", notes=notes,
                   meta={"threads": args.threads, "batch": BATCH, "image_size": IMAGE_SIZE,
                         "original": bool(args.original)})
