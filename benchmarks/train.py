@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-import yaml
 
 from benchmarks._common import write_results
 

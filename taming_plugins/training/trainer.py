@@ -27,7 +27,6 @@ value checks; a NaN/Inf they would have refused reaches the loss and the guard).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
