@@ -12,7 +12,8 @@ Two signs stop a run with :class:`~taming_core.errors.TrainingError`:
 Trade-off (documented in docs/training.md): :meth:`DivergenceGuard.observe` runs every
 step and only does device arithmetic (an "any non-finite" flag and the first bad step
 are accumulated as tensors). :meth:`DivergenceGuard.check` reads them back (one sync) and
-runs on logging steps and before every checkpoint. A diverged step is therefore detected
+runs on logging steps and before every checkpoint (under DDP the flags are reduced over
+ranks there, so every rank stops at the same check). A diverged step is therefore detected
 up to ``log_every - 1`` steps late, but always before a checkpoint is written, so every
 kept checkpoint is from before the divergence and rotation never removes the last good
 one. The error names the first non-finite step itself (it is recorded on the device).
@@ -27,9 +28,15 @@ from collections.abc import Iterable, Mapping
 from typing import Optional, Union
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from taming_core.errors import TrainingError
+
+from .distributed import is_distributed
+
+#: Stands for "no bad step" when the first bad step is reduced over ranks (MIN).
+_NO_STEP = 2 ** 62
 
 Number = Union[float, Tensor]
 
@@ -96,8 +103,12 @@ class DivergenceGuard:
         if self._any is not None:
             assert self._first is not None
             names = list(self._bad)
-            read = torch.stack([self._first, self._any.long(),
-                                *(self._bad[n].long().to(self._first.device) for n in names)]).tolist()
+            flags = torch.stack([self._any.long(), *(self._bad[n].long().to(self._first.device) for n in names)])
+            first = torch.where(self._first >= 0, self._first, torch.full_like(self._first, _NO_STEP))
+            if is_distributed():  # every rank stops together: any rank's NaN, the earliest step
+                dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+                dist.all_reduce(first, op=dist.ReduceOp.MIN)
+            read = torch.cat([first.reshape(1), flags]).tolist()
             first, bad, per_name = read[0], read[1], read[2:]
             if bad:
                 which = ", ".join(n for n, b in zip(names, per_name) if b)
