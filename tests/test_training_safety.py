@@ -58,6 +58,11 @@ def test_rerun_into_a_run_directory_is_refused_then_overwritten(tmp_path, capsys
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl", "train")] == [1, 2]
     with pytest.raises(ConfigError, match="exclude each other"):
         TokenizerTrainer(_stage1(out, steps=2)).fit(resume=True, overwrite=True)
+    # resuming another run's checkpoint into this directory would mix two runs: refused too
+    other = tmp_path / "other"
+    TokenizerTrainer(_stage1(other, steps=2, ckpt_every=2)).fit()
+    with pytest.raises(ConfigError, match="holds an earlier run"):
+        TokenizerTrainer(_stage1(out, steps=4)).fit(resume=other / "checkpoints" / "step_00000002")
 
 
 def test_stage2_refuses_a_run_directory_too(tmp_path) -> None:
