@@ -258,3 +258,13 @@ def test_recover_keeps_every_complete_checkpoint_and_drops_leftovers(steps, unin
         assert not [p for p in Path(d).iterdir() if p.name.startswith(".")]
         assert manager.latest().name == f"step_{steps[-1]:08d}"
         assert len(manager.checkpoints()) <= 3
+
+
+def test_flat_stage2_keywords_still_construct(tmp_path) -> None:
+    """`PriorTrainConfig(out_dir=..., steps=...)` as the earlier docs showed."""
+    with pytest.warns(DeprecationWarning, match="out_dir -> train.out"):
+        cfg = PriorTrainConfig(tokenizer="runs/vq", out_dir=str(tmp_path), data="photos", image_size=64,
+                               steps=2000)
+    assert (cfg.train.out, cfg.data.train, cfg.data.image_size, cfg.train.steps) == (
+        str(tmp_path), "photos", 64, 2000)
+    assert cfg == PriorTrainConfig.from_dict(cfg.to_dict())

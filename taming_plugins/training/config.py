@@ -63,6 +63,8 @@ class Section:
     def from_dict(cls, data: Optional[Mapping[str, Any]] = None, *, path: Optional[str] = None):
         path = path or cls.section
         data = {} if data is None else data
+        if isinstance(data, Section):
+            data = data.to_dict()
         if not isinstance(data, Mapping):
             raise ConfigError(f"{path}: expected a mapping of options, got {type(data).__name__}")
         known = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
@@ -386,6 +388,9 @@ class PriorTrainSection(TrainConfig):
         _positive(self, path, ("cond_offset",), allow_zero=True, optional=True)
 
 
+#: The stage-2 ``prior`` section when none is given.
+DEFAULT_PRIOR: dict[str, Any] = {"name": "gpt", "n_layer": 4, "n_head": 4, "n_embd": 128}
+
 #: Flat stage-2 keys of the earlier layout -> (section, key) of the current one.
 LEGACY_STAGE2_KEYS: dict[str, tuple[str, str]] = {
     "out_dir": ("train", "out"), "steps": ("train", "steps"), "seed": ("train", "seed"),
@@ -440,7 +445,7 @@ def upgrade_stage2_config(raw: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-@dataclass
+@dataclass(init=False)
 class PriorTrainConfig(RunConfig):
     """A stage-2 run: ``tokenizer`` (the frozen stage-1 run, checkpoint or original
     ``.ckpt``; may be None when a tokenizer object is passed to the trainer), ``prior``,
@@ -448,8 +453,7 @@ class PriorTrainConfig(RunConfig):
     ``optim``, ``train``."""
 
     tokenizer: Optional[str] = None
-    prior: dict[str, Any] = field(default_factory=lambda: {
-        "name": "gpt", "n_layer": 4, "n_head": 4, "n_embd": 128})
+    prior: dict[str, Any] = field(default_factory=lambda: copy.deepcopy(DEFAULT_PRIOR))
     conditioner: dict[str, Any] = field(default_factory=lambda: {"name": "sos"})
     sampler: Optional[dict[str, Any]] = None
     data: DataConfig = field(default_factory=DataConfig)
@@ -459,6 +463,26 @@ class PriorTrainConfig(RunConfig):
     SECTIONS: ClassVar[dict[str, Any]] = {"data": DataConfig, "optim": PriorOptimConfig,
                                           "train": PriorTrainSection}
     STAGE: ClassVar[str] = "stage-2"
+
+    def __init__(self, tokenizer: Optional[str] = None, prior: Optional[dict[str, Any]] = None,
+                 conditioner: Optional[dict[str, Any]] = None, sampler: Optional[dict[str, Any]] = None,
+                 data: Any = None, optim: Any = None, train: Any = None, **flat: Any) -> None:
+        """Sections as built objects or mappings; the earlier flat keywords
+        (``out_dir=...``, ``steps=...``, ``data="photos"``) are read as in :meth:`from_dict`."""
+        built_sections = all(v is None or isinstance(v, Section) for v in (data, optim, train))
+        if flat or not built_sections:
+            given = {"tokenizer": tokenizer, "prior": prior, "conditioner": conditioner, "sampler": sampler,
+                     "data": data, "optim": optim, "train": train}
+            config = type(self).from_dict({**{k: v for k, v in given.items() if v is not None}, **flat})
+            self.__dict__.update(config.__dict__)
+            return
+        self.tokenizer = tokenizer
+        self.prior = prior if prior is not None else copy.deepcopy(DEFAULT_PRIOR)
+        self.conditioner = conditioner if conditioner is not None else {"name": "sos"}
+        self.sampler = sampler
+        self.data = data if data is not None else DataConfig()
+        self.optim = optim if optim is not None else PriorOptimConfig()
+        self.train = train if train is not None else PriorTrainSection()
 
     @classmethod
     def _upgrade(cls, raw: dict[str, Any]) -> dict[str, Any]:
@@ -472,7 +496,7 @@ class PriorTrainConfig(RunConfig):
             return cls.from_dict(config.to_dict())
         raw, sections = cls._read(config)
         tokenizer = raw.get("tokenizer")
-        specs = {"prior": raw.get("prior", cls().prior), "conditioner": raw.get("conditioner", {"name": "sos"}),
+        specs = {"prior": raw.get("prior", DEFAULT_PRIOR), "conditioner": raw.get("conditioner", {"name": "sos"}),
                  "sampler": raw.get("sampler")}
         for name, spec in specs.items():
             _spec(spec, name, optional=name == "sampler")
