@@ -58,40 +58,39 @@ class DivergenceGuard:
     def __init__(self, monitor: str, *, factor: Optional[float] = 100.0, window: int = 50) -> None:
         self.monitor, self.factor = monitor, factor
         self.history: deque[float] = deque(maxlen=window)
-        self._bad: dict[str, Tensor] = {}       # name -> bool 0-d: a non-finite value was seen
+        # names of the tensor values of a step -> bool vector: a non-finite value was seen
+        self._bad: dict[tuple[str, ...], Tensor] = {}
         self._first: Optional[Tensor] = None    # long 0-d: the first such step (-1: none)
         self._any: Optional[Tensor] = None
+        self._float_bad: dict[str, int] = {}    # python floats: name -> first bad step
 
     # ------------------------------------------------------------------ per step (no sync)
     def observe(self, step: int, values: Mapping[str, Number]) -> None:
         """Record which of ``values`` (tensors or floats) of ``step`` are non-finite.
 
-        Device arithmetic only (no sync): a flag per name, and the first bad step."""
-        flags: dict[str, Tensor] = {}
-        device: Optional[torch.device] = None
-        for name, value in values.items():
-            if isinstance(value, Tensor):
-                flags[name] = ~torch.isfinite(value.detach()).all()
-                device = value.device
+        A few device operations (one stacked ``isfinite`` and three element-wise ops on the
+        accumulated flags), no sync."""
         for name, value in values.items():
             if not isinstance(value, Tensor) and not math.isfinite(float(value)):
-                flags[name] = torch.ones((), dtype=torch.bool, device=device)
-        if not flags:
+                self._float_bad.setdefault(name, step)
+        tensors = {n: v.detach() for n, v in values.items() if isinstance(v, Tensor)}
+        if not tensors:
             return
-        device = next(iter(flags.values())).device
+        names = tuple(tensors)
+        # a sum is non-finite when any element is (metrics are 0-d in practice)
+        flags = ~torch.isfinite(torch.stack([v.float().sum() for v in tensors.values()]))
         if self._any is None:
-            self._any = torch.zeros((), dtype=torch.bool, device=device)
-            self._first = torch.full((), -1, dtype=torch.long, device=device)
+            self._any = torch.zeros((), dtype=torch.bool, device=flags.device)
+            self._first = torch.full((), -1, dtype=torch.long, device=flags.device)
         assert self._first is not None
-        bad = torch.stack([f.to(device) for f in flags.values()]).any()
+        bad = flags.any()
         self._first = torch.where(bad & ~self._any, torch.full_like(self._first, step), self._first)
         self._any = self._any | bad
-        for name, flag in flags.items():
-            self._bad[name] = self._bad[name] | flag if name in self._bad else flag
+        self._bad[names] = self._bad[names] | flags if names in self._bad else flags
 
     def reset(self) -> None:
         """Forget the accumulated flags (after a successful check)."""
-        self._bad, self._first, self._any = {}, None, None
+        self._bad, self._first, self._any, self._float_bad = {}, None, None, {}
 
     # ------------------------------------------------------------------ checks (one sync)
     def check(self, step: int, logged: Optional[Mapping[str, float]] = None, *,
@@ -100,20 +99,29 @@ class DivergenceGuard:
         check or if ``logged[monitor]`` exceeds ``factor`` × its running median."""
         where = (f"the last checkpoint before the divergence is {last_checkpoint}" if last_checkpoint
                  else "no checkpoint was written before the divergence")
-        if self._any is not None:
-            assert self._first is not None
-            names = list(self._bad)
-            flags = torch.stack([self._any.long(), *(self._bad[n].long().to(self._first.device) for n in names)])
-            first = torch.where(self._first >= 0, self._first, torch.full_like(self._first, _NO_STEP))
+        if self._any is not None or self._float_bad:
+            keys = list(self._bad)
+            device = self._any.device if self._any is not None else torch.device("cpu")
+            float_first = min(self._float_bad.values(), default=_NO_STEP)
+            any_bad = torch.full((1,), int(bool(self._float_bad)), dtype=torch.long, device=device)
+            first_t = torch.full((1,), float_first, dtype=torch.long, device=device)
+            if self._any is not None:
+                assert self._first is not None
+                any_bad = any_bad | self._any.long().reshape(1)
+                tensor_first = torch.where(self._first >= 0, self._first, torch.full_like(self._first, _NO_STEP))
+                first_t = torch.minimum(first_t, tensor_first.reshape(1))
+            flags = torch.cat([any_bad, *(self._bad[k].long() for k in keys)])
             if is_distributed():  # every rank stops together: any rank's NaN, the earliest step
                 dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-                dist.all_reduce(first, op=dist.ReduceOp.MIN)
-            read = torch.cat([first.reshape(1), flags]).tolist()
-            first, bad, per_name = read[0], read[1], read[2:]
+                dist.all_reduce(first_t, op=dist.ReduceOp.MIN)
+            read = torch.cat([first_t, flags]).tolist()  # the one sync of the check
+            first, bad, per_value = read[0], read[1], read[2:]
             if bad:
-                which = ", ".join(n for n, b in zip(names, per_name) if b)
-                raise TrainingError(f"step {first}: non-finite loss or gradient ({which}); training "
-                                    f"stopped and {where}. {_advice().capitalize()}")
+                names = [n for k in keys for n in k]
+                which = list(dict.fromkeys([*(n for n, b in zip(names, per_value) if b), *self._float_bad]))
+                raise TrainingError(f"step {first}: non-finite loss or gradient "
+                                    f"({', '.join(which) or 'on another process'}); training stopped "
+                                    f"and {where}. {_advice().capitalize()}")
             self.reset()
         if logged is None:
             return
