@@ -33,7 +33,7 @@ import shutil
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Optional, Union
+from typing import Any, Callable, ClassVar, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -224,6 +224,9 @@ class Trainer:
         self.last_val: dict[str, float] = {}
         self.last_metrics: dict[str, float] = {}
         self.lr = 0.0
+        #: Called as ``hook(trainer, checkpoint_dir)`` after every checkpoint is written
+        #: (on every rank; ``checkpoint_dir`` is None off the main process).
+        self.checkpoint_hooks: list[Callable[[Any, Optional[Path]], Any]] = []
 
     # ------------------------------------------------------------------ hooks
     def modules(self) -> dict[str, nn.Module]:
@@ -302,6 +305,8 @@ class Trainer:
         if path is not None:
             self.last_checkpoint = path
         barrier()  # no rank runs ahead (or resumes) before rank 0 has written it
+        for hook in self.checkpoint_hooks:
+            hook(self, path)
         return path
 
     def resume(self, which: Union[str, PathLike] = "latest") -> int:
