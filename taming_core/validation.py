@@ -11,9 +11,11 @@ microseconds each, and the value-range/finiteness checks synchronise with the de
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Optional, Union
 
 import torch
@@ -22,6 +24,29 @@ from .errors import ValidationError
 from .interfaces import QuantizerOutput
 
 Dim = Union[int, str, None]
+
+_VALUE_CHECKS = contextvars.ContextVar("taming_value_checks", default=True)
+
+
+@contextlib.contextmanager
+def deferred_value_checks() -> Iterator[None]:
+    """Inside this block :func:`check_tensor` skips its device-synchronising checks
+    (``value_range`` and ``finite``); shapes, dtypes and devices are still checked.
+
+    Trainers run the steps between two logging steps inside it: they check the values
+    of their inputs at the entry point and on logging steps, and a divergence guard
+    watches for NaN/Inf, so a per-step sync on every component's input is not needed.
+    """
+    token = _VALUE_CHECKS.set(False)
+    try:
+        yield
+    finally:
+        _VALUE_CHECKS.reset(token)
+
+
+def value_checks_enabled() -> bool:
+    """False inside :func:`deferred_value_checks`."""
+    return _VALUE_CHECKS.get()
 
 
 def _fmt_shape(dims: Sequence[Dim]) -> str:
@@ -87,6 +112,8 @@ def check_tensor(
         raise ValidationError(f"{name}: expected a non-empty tensor, got {got}")
     if device is not None and torch.device(device).type != x.device.type:
         raise ValidationError(f"{name}: expected a tensor on {device}, got one on {x.device}")
+    if not _VALUE_CHECKS.get():
+        return sizes
     if finite and x.dtype.is_floating_point and x.numel() and not bool(torch.isfinite(x).all()):
         raise ValidationError(f"{name}: contains NaN or Inf values ({got})")
     if value_range is not None and x.numel():
