@@ -20,6 +20,7 @@ These helpers know no implementation: they use only torch and the core interface
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -29,7 +30,7 @@ from torch import Tensor
 from .errors import ValidationError
 from .validation import check_positive, check_tensor
 
-__all__ = ["SamplingOptions", "check_grid", "check_guidance", "check_token_range", "expand_batch",
+__all__ = ["MIN_TEMPERATURE", "SamplingOptions", "check_grid", "check_guidance", "check_token_range", "expand_batch",
            "guide", "prefix_condition", "stack_null_prefix", "top_k_filter", "top_p_filter"]
 
 
@@ -45,8 +46,8 @@ def check_grid(grid: object, name: str) -> tuple[int, int]:
 def check_guidance(scale: object, null_condition: Optional[Tensor], name: str) -> float:
     """Validate a classifier-free guidance scale (1.0 = off; otherwise a null condition
     for the unconditional branch is required)."""
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise ValidationError(f"{name}: expected a number, got {scale!r}")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValidationError(f"{name}: expected a finite number, got {scale!r}")
     if scale != 1.0 and null_condition is None:
         raise ValidationError(f"{name}: a scale other than 1.0 needs null_condition (the "
                               "condition of the unconditional branch)")
@@ -109,6 +110,9 @@ def prefix_condition(condition: Optional[Tensor], grid: tuple[int, int], batch_s
             raise ValidationError(
                 f"{name}: condition is None and no sos_token is set; pass Long B×L prefix "
                 "tokens (e.g. the SOS id) or create the sampler with sos_token=<id>")
+        if sos_token >= vocab_size:
+            raise ValidationError(f"{name}: sos_token {sos_token} is not an id of the prior's "
+                                  f"vocabulary; expected at most {vocab_size - 1}")
         return torch.full((batch_size, 1), sos_token, dtype=torch.long, device=device)
     check_tensor(condition, name, dtype="long")
     if condition.dim() == 3:
@@ -143,6 +147,11 @@ def top_p_filter(logits: Tensor, p: float) -> Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
+#: Smallest accepted temperature: logits up to 1e32 in magnitude divided by it stay
+#: finite in float32 (the division runs in float32 whatever the logits' dtype).
+MIN_TEMPERATURE = 1e-6
+
+
 @dataclass(frozen=True)
 class SamplingOptions:
     """How next tokens are drawn from logits.
@@ -164,8 +173,11 @@ class SamplingOptions:
 
     def __post_init__(self) -> None:
         t = self.temperature
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0:
-            raise ValidationError(f"temperature: expected a number > 0, got {t!r}")
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) \
+                or not t >= MIN_TEMPERATURE:
+            raise ValidationError(f"temperature: expected a finite number >= {MIN_TEMPERATURE:g} "
+                                  f"(smaller ones overflow the scaled logits; use greedy=True for "
+                                  f"argmax decoding), got {t!r}")
         k = self.top_k
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k <= 0):
             raise ValidationError(f"top_k: expected None or an integer > 0, got {k!r}")
@@ -190,7 +202,7 @@ class SamplingOptions:
         if self.vocab_limit is not None and self.vocab_limit < logits.shape[-1]:
             logits = logits[..., :self.vocab_limit]
         if self.temperature != 1.0:
-            logits = logits / self.temperature
+            logits = logits.float() / self.temperature  # fp16/bf16 logits would overflow
         if self.top_k is not None:
             logits = top_k_filter(logits, self.top_k)
         if self.top_p is not None and self.top_p < 1.0:

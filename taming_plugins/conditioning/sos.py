@@ -44,5 +44,5 @@ class SOSConditioner(ConditionerBase):
 
     @property
     def takes_condition(self) -> bool:
-        """False: only the batch size matters."""
+        """False: the SOS token depends on nothing but the batch size."""
         return False

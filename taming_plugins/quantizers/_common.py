@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from taming_core.errors import ValidationError
 from taming_core.quantization import (DEFAULT_USAGE_WINDOW, UsageTracker,  # noqa: F401
                                       check_latent, code_counts, finalize_metrics, from_rows,
                                       straight_through, to_rows, usage_metrics)
@@ -27,7 +28,7 @@ def log2_int(value: int, name: str) -> int:
     check_positive(value, name)
     bits = int(value).bit_length() - 1
     if 1 << bits != value:
-        raise ValueError(f"{name}: expected a power of two, got {value}")
+        raise ValidationError(f"{name}: expected a power of two, got {value}")
     return bits
 
 
