@@ -75,7 +75,7 @@ def masked_counts(unknown: Tensor, steps: int, schedule: str) -> Tensor:
 
 @register("sampler", "maskgit")
 class MaskGITSampler(InpaintingSampler):
-    """Confidence-ordered parallel decoding of a :class:`~taming_core.MaskedPrior`.
+    """Confidence-ordered parallel decoding of a masked prior (MaskGIT).
 
     Args:
         steps: number of decoding steps (network passes), >= 1 (default 12).

@@ -1,15 +1,19 @@
-"""Stage-2 training: an autoregressive prior over the tokens of a frozen tokenizer.
+"""Stage-2 training: a prior of any family over the tokens of a frozen tokenizer.
 
 Pipeline (:class:`PriorTrainer`)::
 
     frozen tokenizer + dataset --tokenize once--> memory-mapped token cache (token_cache.py)
-    cache --DataStream--> [cond ids + offset, image ids] --pkeep / CFG dropout--> gpt
-    --cross-entropy on the image tokens--> AdamW (betas 0.9/0.95, decay on Linear weights)
+    cache --DataStream--> (image ids, cond ids + offset) --pkeep / CFG dropout--> prior.loss
+    --> AdamW (betas 0.9/0.95, the prior's parameter_groups)
+
+The objective belongs to the prior (``Prior.loss``: next-token cross-entropy for the
+autoregressive family, masked-token cross-entropy for ``maskgit``); pkeep and CFG
+dropout are input transforms applied here, for every family alike.
 
 Every ``ckpt_every`` steps a checkpoint is written (safetensors, atomic; prior, optimizer,
 data position and RNG states: a resumed run continues on the same loss trajectory) and
-every ``sample_every`` steps a PNG grid of samples (``autoregressive`` sampler, decoded by
-the tokenizer) next to the reconstructions of the matching training tokens.
+every ``sample_every`` steps a PNG grid of samples (the configured sampler when it drives
+the prior's family, else the prior's ``default_sampler``; decoded by the tokenizer) next to the reconstructions of the matching training tokens.
 
 Python API::
 
@@ -185,6 +189,19 @@ class TokenDataset(Dataset):
         return tokens[0], cond[0]
 
 
+class PriorObjective(nn.Module):
+    """``forward(...) = prior.loss(...)``: the module the trainer wraps (DDP, compile), so
+    the prior's own objective runs through the wrapper's forward."""
+
+    def __init__(self, prior: Prior) -> None:
+        super().__init__()
+        self.prior = prior
+
+    def forward(self, tokens: Tensor, condition: Optional[Tensor], inputs: Optional[Tensor] = None,
+                generator: Optional[torch.Generator] = None) -> Tensor:
+        return self.prior.loss(tokens, condition, generator=generator, inputs=inputs)
+
+
 def _step_generator(seed: int, step: int, offset: int = 0, *,
                     device: Union[str, torch.device] = "cpu") -> torch.Generator:
     """A generator that depends only on (seed, step): randomness that survives resuming."""
@@ -228,7 +245,7 @@ class PriorTrainer:
         seed_everything(cfg.seed)  # the prior's initial weights depend on the seed only
         self.prior = self._build_prior().to(self.device)
         self.optimizer = with_fast_kernels(self._build_optimizer(), self.device, cfg.fused)
-        self.model: nn.Module = maybe_compile(wrap_ddp(self.prior, self.device), cfg.compile)
+        self.model: nn.Module = maybe_compile(wrap_ddp(PriorObjective(self.prior), self.device), cfg.compile)
         self.stream = ShardedDataStream(TokenDataset(self.cache), cfg.batch_size, seed=cfg.seed,
                                         rank=self.dist.rank, world_size=self.dist.world_size)
         self.manager = CheckpointManager(self.out_dir, keep_last=cfg.keep_last,
@@ -265,6 +282,8 @@ class PriorTrainer:
 
     def _build_prior(self) -> Prior:
         spec = {k: v for k, v in self.config.prior.items() if k not in ("name", "kind")}
+        if "grid" in inspect.signature(get("prior", self.config.prior["name"])).parameters:
+            spec.setdefault("grid", list(self.cache.grid))  # grid-shaped priors (pixelcnn)
         for key, needed in (("vocab_size", self.layout.prior_vocab_size), ("block_size", self.seq_len)):
             given = spec.setdefault(key, needed)
             if given < needed:
@@ -278,10 +297,7 @@ class PriorTrainer:
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
         cfg = self.config
-        configure = getattr(self.prior, "configure_optimizers", None)
-        if configure is None:
-            raise ConfigError(f"prior.name: {type(self.prior).__name__} has no configure_optimizers()")
-        return configure(lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas)
+        return torch.optim.AdamW(self.prior.parameter_groups(cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
 
     # ------------------------------------------------------------------ state
     def run_config(self) -> dict[str, Any]:
@@ -313,8 +329,9 @@ class PriorTrainer:
 
     def loss_on(self, tokens: Tensor, cond: Tensor, *, generator: Optional[torch.Generator] = None,
                 train: bool = True) -> Tensor:
-        """Cross-entropy of image ``tokens`` (Long B×T) given local condition ids ``cond``
-        (Long B×L); applies CFG dropout and pkeep replacement when ``train``."""
+        """The prior's loss (``Prior.loss``) of image ``tokens`` (Long B×T) given local
+        condition ids ``cond`` (Long B×L); applies CFG dropout and pkeep replacement when
+        ``train``. ``generator`` also drives the prior's own randomness (maskgit's masks)."""
         cfg = self.config
         inputs = tokens
         if train and cfg.cfg_drop > 0:
@@ -323,13 +340,10 @@ class PriorTrainer:
             cond, _ = drop_condition(cond, self.conditioner, cfg.cfg_drop, generator=generator)
         if train and cfg.pkeep < 1:
             inputs = random_replace(tokens, cfg.pkeep, self.layout.prior_vocab_size, generator=generator)
-        seq = torch.cat([self.layout.cond_to_prior(cond), inputs], dim=1)
+        prefix = self.layout.cond_to_prior(cond) if self.cond_len else None
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
-        with autocast:
-            logits = self.model(seq[:, :-1])  # the DDP wrapper under torchrun
-        logits = logits[:, self.cond_len - 1:].float() if self.cond_len else logits.float()
-        targets = tokens if self.cond_len else tokens[:, 1:]
-        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        with autocast:  # through self.model: the DDP wrapper under torchrun
+            return self.model(tokens, prefix, None if inputs is tokens else inputs, generator)
 
     def _train_step(self, batch: tuple[Tensor, Tensor]) -> float:
         tokens, cond = (t.to(self.device, non_blocking=True) for t in batch)
@@ -393,6 +407,12 @@ class PriorTrainer:
         the conditioner's null condition (shaped like ``cond``, local ids) is used."""
         name = self.config.sampler["name"]
         spec = {k: v for k, v in self.config.sampler.items() if k not in ("name", "kind")}
+        if get("sampler", name).family != self.prior.family:  # e.g. the default with maskgit
+            log.info("sampler %s does not drive %s priors: sample grids use %s", name,
+                     self.prior.family, self.prior.default_sampler)
+            name = self.prior.default_sampler
+            spec = {k: spec[k] for k in ("temperature", "top_k", "top_p", "guidance_scale",
+                                         "null_condition") if k in spec}
         accepted = inspect.signature(get("sampler", name)).parameters
         image_vocab = self.layout.image_vocab_size
         if "vocab_limit" in accepted and spec.get("vocab_limit") is None:

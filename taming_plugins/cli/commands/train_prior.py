@@ -19,15 +19,17 @@ OVERRIDES = {
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "train-prior", help="train a GPT prior over a frozen tokenizer's tokens (stage 2)",
+        "train-prior", help="train a prior (gpt, maskgit, pixelcnn...) over a frozen tokenizer's tokens (stage 2)",
         description="Tokenize the dataset once with a frozen tokenizer (cached, memory-mapped), "
-        "then train an autoregressive prior with cross-entropy. Writes checkpoints, "
+        "then train a prior of any family with its own loss (--prior gpt|maskgit|pixelcnn). Writes checkpoints, "
         "metrics.jsonl and sample grids (samples/*.png) to --out. Options not given as flags "
         "come from --config (YAML/JSON with the keys of PriorTrainConfig).")
     p.add_argument("--tokenizer", help="stage-1 checkpoint directory or original taming .ckpt")
     p.add_argument("--data", help="'photos', 'fashion-mnist' or an image folder (default photos)")
     p.add_argument("--out", help="run directory (checkpoints, samples, metrics)")
     p.add_argument("--config", help="YAML/JSON file with stage-2 options (prior, conditioner, ...)")
+    p.add_argument("--prior", metavar="NAME", help="registered prior: gpt (default), maskgit, pixelcnn, "
+                   "...; options of the config's prior spec that it accepts are kept")
     p.add_argument("--image-size", type=int, help="image side length in pixels")
     p.add_argument("--max-items", type=int, help="use only the first N dataset items")
     p.add_argument("--steps", type=int, help="total optimizer steps")
@@ -57,6 +59,8 @@ def _merged_config(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, dest)
         if value is not None:
             config[key] = value
+    if args.prior is not None:
+        config["prior"] = _prior_spec(args.prior, config.get("prior"))
     if args.no_progress:
         config["progress"] = False
     if "out_dir" not in config:
@@ -64,6 +68,22 @@ def _merged_config(args: argparse.Namespace) -> dict[str, Any]:
     if "tokenizer" not in config:
         raise ValueError("--tokenizer is required (or tokenizer in --config)")
     return config
+
+
+def _prior_spec(name: str, given: Any) -> dict[str, Any]:
+    """``{"name": name}`` plus the options of the given (or default) prior spec that the
+    named prior accepts (e.g. a gpt's n_layer/n_head/n_embd carry over to maskgit)."""
+    import inspect
+
+    import taming_core
+    from taming_plugins.training.stage2 import PriorTrainConfig
+
+    base = dict(given) if isinstance(given, dict) else PriorTrainConfig(out_dir=".").prior
+    if base.get("name") == name:
+        return base
+    accepted = inspect.signature(taming_core.get("prior", name)).parameters
+    return {"name": name, **{k: v for k, v in base.items()
+                             if k in accepted and k not in ("vocab_size", "block_size")}}
 
 
 def run(args: argparse.Namespace) -> int:
