@@ -79,7 +79,7 @@ def build_sampler(pipeline: Any, args: argparse.Namespace, grid: tuple[int, int]
     """The sampler the flags ask for (None: keep the pipeline's own)."""
     import taming_core
 
-    options = {k: getattr(args, k) for k in SAMPLER_OPTIONS if getattr(args, k) is not None}
+    options = {k: getattr(args, k, None) for k in SAMPLER_OPTIONS if getattr(args, k, None) is not None}
     name = args.sampler
     block = pipeline.prior.block_size
     cond_len = 1 if pipeline.conditioner is not None else 0
