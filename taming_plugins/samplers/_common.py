@@ -37,8 +37,8 @@ def check_prior(prior: object, name: str, family: str = "autoregressive") -> Pri
     if prior.family != family:
         fitting = samplers_for(prior.family)
         hint = f"use {', '.join(fitting)}" if fitting else "no registered sampler drives that family"
-        raise ValidationError(f"{name}: this sampler drives {family} priors, got a {prior.family} "
-                              f"prior ({type(prior).__name__}); {hint}")
+        raise ValidationError(f"{name}: this sampler drives {family} priors, got {type(prior).__name__} "
+                              f"(family {prior.family}); {hint}")
     return prior
 
 
