@@ -42,7 +42,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
-from taming_core import Conditioner, Prior, Tokenizer, create, create_from_spec, get
+from taming_core import Conditioner, Prior, Sampler, Tokenizer, create, create_from_spec, get
 from taming_core.errors import ConfigError, ValidationError
 from taming_core.validation import check_choice, check_positive
 
@@ -407,7 +407,9 @@ class PriorTrainer:
         the conditioner's null condition (shaped like ``cond``, local ids) is used."""
         name = self.config.sampler["name"]
         spec = {k: v for k, v in self.config.sampler.items() if k not in ("name", "kind")}
-        if get("sampler", name).family != self.prior.family:  # e.g. the default with maskgit
+        factory = get("sampler", name)
+        if isinstance(factory, type) and issubclass(factory, Sampler) and factory.family != self.prior.family:
+            # e.g. the default autoregressive grid sampler with a maskgit prior
             log.info("sampler %s does not drive %s priors: sample grids use %s", name,
                      self.prior.family, self.prior.default_sampler)
             name = self.prior.default_sampler
