@@ -41,12 +41,13 @@ def photos() -> BundledPhotos:
     return BundledPhotos(IMAGE_SIZE, length=N_IMAGES, seed=SEED)
 
 
-def _config(out: Path, prior: dict, **kw) -> PriorTrainConfig:
-    base = dict(out_dir=str(out), steps=4, batch_size=8, prior=prior, lr=3e-3, log_every=1,
-                ckpt_every=2, sample_every=4, num_samples=2, progress=False, device="cpu",
-                seed=SEED, pkeep=0.8, cache_dir=str(out.parent / "shared_cache"))
-    base.update(kw)
-    return PriorTrainConfig(**base)
+def _config(out: Path, prior: dict, steps: int = 4) -> PriorTrainConfig:
+    return PriorTrainConfig.from_dict({
+        "prior": prior,
+        "data": {"batch_size": 8, "cache_dir": str(out.parent / "shared_cache")},
+        "optim": {"learning_rate": 3e-3},
+        "train": {"out": str(out), "steps": steps, "log_every": 1, "ckpt_every": 2, "image_every": 4,
+                  "num_samples": 2, "progress": False, "device": "cpu", "seed": SEED, "pkeep": 0.8}})
 
 
 @pytest.mark.parametrize("name", sorted(PRIORS))
@@ -55,7 +56,7 @@ def test_family_trains_resumes_exactly_and_round_trips_the_pipeline(name, tokeni
     full = PriorTrainer(_config(tmp_path / "full", prior), dataset=photos, tokenizer=tokenizer)
     assert full.prior.family == FAMILY[name]
     full.fit()
-    assert (tmp_path / "full" / "samples" / "step_00000004.png").is_file()  # a fitting sampler
+    assert (tmp_path / "full" / "images" / "step_00000004.png").is_file()  # the family's sampler
     part = PriorTrainer(_config(tmp_path / "part", prior, steps=2), dataset=photos, tokenizer=tokenizer)
     part.fit()
     torch.manual_seed(SEED + 1)
@@ -97,7 +98,7 @@ def test_cli_train_prior_with_another_family(name, fixtures_dir, tmp_path, capsy
             "--batch-size", "2", "--max-items", "4", "--device", "cpu", "--no-progress"]
     assert cli_main(argv) == 0
     assert "trained prior to step 2" in capsys.readouterr().out
-    assert (out / "samples" / "step_00000002.png").is_file()
+    assert (out / "images" / "step_00000002.png").is_file()
     from taming_plugins.training.stage2 import load_trained_prior
 
     trained = load_trained_prior(out)
