@@ -233,14 +233,16 @@ def run_quality(args: argparse.Namespace, budget: Budget) -> None:
             train_set = _Images(data.train)
         for pname, spec in prior_specs(grid).items():
             with tempfile.TemporaryDirectory() as tmp:
-                cfg = PriorTrainConfig(out_dir=tmp, steps=budget.prior_steps, batch_size=budget.batch_size,
-                                       prior=spec, conditioner=data.conditioner, lr=1e-3,
-                                       warmup_steps=min(50, budget.prior_steps // 4), log_every=50,
-                                       ckpt_every=10 ** 9, sample_every=10 ** 9, num_samples=0,
-                                       progress=False, device="cpu", seed=SEED)
+                cfg = PriorTrainConfig.from_dict({
+                    "prior": spec, "conditioner": data.conditioner,
+                    "data": {"batch_size": budget.batch_size},
+                    "optim": {"learning_rate": 1e-3, "warmup_steps": min(50, budget.prior_steps // 4)},
+                    "train": {"out": tmp, "steps": budget.prior_steps, "log_every": 50,
+                              "ckpt_every": 10 ** 9, "image_every": 10 ** 9, "num_samples": 0,
+                              "progress": False, "device": "cpu", "seed": SEED}})
                 t1 = time.perf_counter()
                 trainer = PriorTrainer(cfg, dataset=train_set, tokenizer=tok)
-                metrics = trainer.fit()
+                metrics = trainer.fit().metrics
                 train_s = time.perf_counter() - t1
             prior = trainer.prior.eval()
             image_vocab = trainer.layout.image_vocab_size
@@ -271,7 +273,7 @@ def run_quality(args: argparse.Namespace, budget: Budget) -> None:
             if ref is not None:
                 stats = stats_of(extractor, (to_rgb(images[i:i + 32]) for i in range(0, len(images), 32)))
                 fid = frechet_distance(ref, stats)
-            png = RESULTS_DIR / f"priors{suffix}_{dname}_{pname}.png"
+            png = RESULTS_DIR / f"priors_{dname}_{pname}{suffix}.png"
             shown = min(64, len(images))
             order = (torch.argsort(fid_labels[:shown], stable=True) if fid_labels is not None
                      else torch.arange(shown))
@@ -305,7 +307,7 @@ def run_quality(args: argparse.Namespace, budget: Budget) -> None:
         ]
         cols = ["prior", "sampler", "params_M", "bits_per_token", "masked_ce_25", "masked_ce_50",
                 "masked_ce_75", "masked_ce_100", "fid", "s_per_img_b1", "s_per_img_b16", "train_s"]
-        write_results(f"priors{suffix}_{dname}", rows, columns=cols,
+        write_results(f"priors_{dname}{suffix}", rows, columns=cols,
                       title=f"Prior families on the same tokens: {dname}", notes=notes,
                       meta={"budget": budget.__dict__})
 
