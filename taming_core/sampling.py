@@ -12,6 +12,8 @@ contract with a few calls.
   vocabulary and broadcast from batch 1.
 * :func:`check_guidance`, :func:`stack_null_prefix`, :func:`guide` -- classifier-free
   guidance: the [conditional; unconditional] batch and the combination of its logits.
+* :func:`require_family` -- refuse a prior of another family than the sampler drives,
+  naming the registered samplers that fit it.
 * :func:`check_grid`, :func:`expand_batch`, :func:`check_token_range` -- argument checks
   with one-line :class:`~taming_core.ValidationError` messages.
 
@@ -28,10 +30,33 @@ import torch
 from torch import Tensor
 
 from .errors import ValidationError
+from .interfaces import Prior, Sampler
 from .validation import check_positive, check_tensor
 
-__all__ = ["MIN_TEMPERATURE", "SamplingOptions", "check_grid", "check_guidance", "check_token_range", "expand_batch",
-           "guide", "prefix_condition", "stack_null_prefix", "top_k_filter", "top_p_filter"]
+__all__ = ["MIN_TEMPERATURE", "SamplingOptions", "check_grid", "check_guidance", "check_token_range",
+           "expand_batch", "guide", "prefix_condition", "require_family", "samplers_for",
+           "stack_null_prefix", "top_k_filter", "top_p_filter"]
+
+
+def samplers_for(family: str) -> list[str]:
+    """Registered sampler names whose declared :attr:`Sampler.family` is ``family``."""
+    from .registry import entries  # registry lookups load the plugins
+
+    return sorted(e.name for e in entries("sampler")
+                  if isinstance(e.obj, type) and issubclass(e.obj, Sampler) and e.obj.family == family)
+
+
+def require_family(prior: object, family: str, name: str) -> Prior:
+    """Raise unless ``prior`` is a :class:`~taming_core.Prior` of ``family`` (the family of
+    the sampler that calls it); the one-line error names the samplers that fit it."""
+    if not isinstance(prior, Prior):
+        raise ValidationError(f"{name}: expected a taming_core.Prior, got {type(prior).__name__}")
+    if prior.family != family:
+        fitting = samplers_for(prior.family)
+        hint = f"use {', '.join(fitting)}" if fitting else "no registered sampler drives that family"
+        raise ValidationError(f"{name}: this sampler drives {family} priors, got {type(prior).__name__} "
+                              f"(family {prior.family}); {hint}")
+    return prior
 
 
 def check_grid(grid: object, name: str) -> tuple[int, int]:

@@ -37,7 +37,8 @@ What is checked (small CPU tensors, float32):
   handled, logits B×T×V at every position with masked inputs, bidirectional attention.
 * :func:`check_sampler` -- Long B×H×W ids within the prior's vocabulary, determinism
   under a seeded generator, prefix conditions of batch 1 and B and a spatially aligned
-  B×H×W condition grid, the prior's training flag restored; against a small reference prior of the sampler's family
+  B×H×W condition grid, the prior's training flag restored, a prior of another family
+  refused with a ValidationError; against a small reference prior of the sampler's family
   (:class:`ReferenceAutoregressivePrior`, :class:`ReferenceMaskedPrior`) unless you pass
   your own ``prior_factory``.
 * :func:`check_conditioner` -- Long B×L (or B×h×w when ``spatial``) ids in
@@ -746,6 +747,18 @@ def check_sampler(factory: Factory, *, prior_factory: Optional[Factory] = None,
         draw(cond, seed + 1)
         changed = _changed_keys(before, prior)
         c.require(not changed, f"sampling changed the prior's state {changed[:3]}")
+
+    with c.check("wrong_family"):
+        others = {"autoregressive": ReferenceMaskedPrior, "masked": ReferenceAutoregressivePrior}
+        other = others[sampler.family]()
+        try:
+            sampler.sample(other, grid, batch_size=batch, condition=cond,
+                           generator=torch.Generator().manual_seed(seed))
+        except ValueError:  # ValidationError: refused in one line
+            pass
+        else:
+            c.fail(f"sampled from a {other.family} prior although it drives {sampler.family} priors; "
+                   "call taming_core.sampling.require_family(prior, self.family, ...) first")
     return c.passed
 
 

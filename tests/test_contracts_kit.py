@@ -16,6 +16,7 @@ from torch import nn
 import taming_core
 from taming_core.quantization import (UsageTracker, check_latent, code_counts, finalize_metrics,
                                       from_rows, straight_through, to_rows)
+from taming_core.sampling import require_family
 from taming_core.testing import (ReferenceAutoregressivePrior, ReferenceMaskedPrior, check_conditioner,
                                  check_prior, check_quantizer, check_sampler, check_tokenizer)
 
@@ -263,6 +264,7 @@ def masked_sampler():
         family = "masked"
 
         def sample(self, prior, grid=(16, 16), *, batch_size=1, condition=None, generator=None):
+            require_family(prior, self.family, "one_shot.sample(prior)")
             n = grid[0] * grid[1]
             masked = torch.full((batch_size, n), prior.mask_id, dtype=torch.long)
             cond = None if condition is None else condition.reshape(condition.shape[0], -1).expand(batch_size, -1)
@@ -320,10 +322,13 @@ def test_masked_reference_prior_needs_its_default_sampler_registered() -> None:
 class GreedySampler(taming_core.Sampler):
     """Argmax of the full forward, token by token (no cache): contract-correct, slow."""
 
-    def __init__(self, noise: bool = False, shift: int = 0, keep_eval: bool = False) -> None:
-        self.noise, self.shift, self.keep_eval = noise, shift, keep_eval
+    def __init__(self, noise: bool = False, shift: int = 0, keep_eval: bool = False,
+                 any_family: bool = False) -> None:
+        self.noise, self.shift, self.keep_eval, self.any_family = noise, shift, keep_eval, any_family
 
     def sample(self, prior, grid=(16, 16), *, batch_size=1, condition=None, generator=None):
+        if not self.any_family:
+            require_family(prior, self.family, "greedy.sample(prior)")
         prefix = condition.reshape(condition.shape[0], -1)  # a B×h×w grid becomes a prefix
         seq = prefix.expand(batch_size, -1).clone()
         was_training = prior.training
@@ -352,7 +357,11 @@ def test_sampler_checks() -> None:
     with _fails("spatial_condition", "PrefixOnlySampler"):
         check_sampler(PrefixOnlySampler)
     assert check_sampler(GreedySampler) == ["declared_members", "sample", "deterministic",
-                                            "condition_batch_one", "spatial_condition", "state_untouched"]
+                                            "condition_batch_one", "spatial_condition", "state_untouched",
+                                            "wrong_family"]
+    with _fails("wrong_family", "GreedySampler") as info:
+        check_sampler(lambda: GreedySampler(any_family=True))
+    assert "require_family" in str(info.value)
     with _fails("deterministic", "GreedySampler"):
         check_sampler(lambda: GreedySampler(noise=True))
     with _fails("sample", "GreedySampler") as info:

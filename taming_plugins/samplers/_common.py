@@ -11,31 +11,18 @@ from typing import Iterator, Optional
 
 import torch
 
-from taming_core import Prior, Sampler, ValidationError, entries
+from taming_core import Prior, ValidationError
 from taming_core.interfaces import ProgressCallback
 from taming_core.ops import fast_decoding
 from taming_core.sampling import (check_grid, check_guidance, check_token_range,  # noqa: F401
-                                  expand_batch, guide, prefix_condition, stack_null_prefix)
+                                  expand_batch, guide, prefix_condition, require_family,
+                                  samplers_for, stack_null_prefix)
 from taming_core.validation import check_positive
 
 
-def samplers_for(family: str) -> list[str]:
-    """Registered sampler names whose declared :attr:`Sampler.family` is ``family``."""
-    return sorted(e.name for e in entries("sampler")
-                  if isinstance(e.obj, type) and issubclass(e.obj, Sampler) and e.obj.family == family)
-
-
 def check_prior(prior: object, name: str, family: str = "autoregressive") -> Prior:
-    """Raise unless ``prior`` implements the Prior interface and belongs to ``family``
-    (the family of the sampler that calls it); the error names the samplers that fit."""
-    if not isinstance(prior, Prior):
-        raise ValidationError(f"{name}: expected a taming_core.Prior, got {type(prior).__name__}")
-    if prior.family != family:
-        fitting = samplers_for(prior.family)
-        hint = f"use {', '.join(fitting)}" if fitting else "no registered sampler drives that family"
-        raise ValidationError(f"{name}: this sampler drives {family} priors, got {type(prior).__name__} "
-                              f"(family {prior.family}); {hint}")
-    return prior
+    """:func:`taming_core.sampling.require_family` (the built-ins' older spelling)."""
+    return require_family(prior, family, name)
 
 
 def check_sos(sos_token: Optional[int], name: str) -> None:

@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 
 import taming_core
-from taming_core.sampling import SamplingOptions, check_grid, prefix_condition
+from taming_core.sampling import SamplingOptions, check_grid, prefix_condition, require_family
 
 
 @taming_core.register("sampler", "annealed")
@@ -30,6 +30,7 @@ class AnnealedSampler(taming_core.Sampler):
         self.sos_token = sos_token
 
     def sample(self, prior, grid=(16, 16), *, batch_size=1, condition=None, generator=None):
+        require_family(prior, self.family, "annealed.sample(prior)")  # refuses a masked prior
         h, w = check_grid(grid, "annealed.sample(grid)")
         self.options.check_vocab(prior.vocab_size)
         device = next(prior.parameters()).device
