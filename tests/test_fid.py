@@ -174,7 +174,7 @@ def test_reference_cache_reused_and_invalidated(extractor, tmp_path):
 
     def run(num_images: int = 8):
         counter.images = 0
-        data = get_dataset(str(folder), SIZE, split="val")
+        data = get_dataset(str(folder), SIZE, split="all")
         report = evaluate(model, data, metrics="rfid", num_images=num_images, batch_size=3,
                           dataset_spec=str(folder), fid_extractor=extractor, cache=cache, progress=False)
         return report, counter.images

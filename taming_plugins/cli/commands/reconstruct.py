@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer = _load_model(args, device)
     size = args.size or _default_size(tokenizer)
     kwargs = {"length": args.num_images} if args.input == "photos" else {}
-    dataset = get_dataset(args.input, size, split="val", **kwargs)
+    dataset = get_dataset(args.input, size, split="all", **kwargs)  # a folder: every image
     out = Path(args.out)
     saver = SavingReconstructor(model, out, COMPARISON_IMAGES)
     if isinstance(model, torch.nn.Module):
