@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +47,7 @@ from taming_plugins.conditioning.transforms import drop_condition, random_replac
 
 from taming_plugins.cli.common import resolve_device, seed_everything
 
-from .artifacts import load_frozen_tokenizer, save_image_grid
+from .artifacts import load_frozen_tokenizer, pipeline_after_checkpoint, save_image_grid
 from .checkpoint import CheckpointManager
 from .distributed import (ShardedDataStream, barrier, init_distributed, local_device, main_process_first,
                           maybe_compile, reduce_metrics, with_fast_kernels, wrap_ddp)
@@ -234,6 +233,9 @@ class PriorTrainer:
         self.manager = CheckpointManager(self.out_dir, keep_last=cfg.keep_last,
                                          is_main_process=self.is_main_process)
         self.step = 0
+        #: Called as ``hook(trainer, checkpoint_dir)`` after every checkpoint save (the
+        #: default refreshes OUT/pipeline, see artifacts.pipeline_after_checkpoint).
+        self.checkpoint_hooks: list[Any] = [pipeline_after_checkpoint]
 
     # ------------------------------------------------------------------ building
     @staticmethod
@@ -296,6 +298,8 @@ class PriorTrainer:
                                  optimizers={"prior": self.optimizer}, stateful={"data": self.stream},
                                  config=self.run_config(), metrics=metrics)
         barrier()  # rank 0 has written it before any rank goes on (or resumes from it)
+        for hook in self.checkpoint_hooks:
+            hook(self, path)
         return path
 
     def resume(self, which: Union[str, PathLike] = "latest") -> int:
@@ -372,12 +376,13 @@ class PriorTrainer:
             while self.step < cfg.steps:
                 batch = next(batches)  # DataStream keeps the global RNG untouched (resume equality)
                 window.append(self._train_step(batch))
+                shown = {"loss": sum(window) / len(window)}  # the true loss from step 1 on
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                     last = reduce_metrics({"loss": sum(window) / len(window),  # mean over ranks
                                            "lr": self._lr_at(self.step - 1)}, self.device)
                     metrics_log.log(self.step, last)
                     window.clear()
-                bar.update({"loss": last.get("loss", math.nan)})
+                bar.update(last if not window else shown)
                 if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
                     self._save(last)
                 if self.is_main_process and (self.step % cfg.sample_every == 0 or self.step == cfg.steps):
