@@ -73,6 +73,16 @@ class Checkpoint:
     config: dict[str, Any] = field(default_factory=dict)
 
 
+#: Permissions of a checkpoint directory before the umask (what mkdir would use).
+_DIR_MODE = 0o777
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def step_name(step: int) -> str:
     return f"{STEP_PREFIX}{step:0{STEP_DIGITS}d}"
 
@@ -98,9 +108,29 @@ def load_module_tensors(modules: Mapping[str, nn.Module], tensors: Mapping[str, 
         try:
             module.load_state_dict(sub, strict=True)
         except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0]
+            detail = state_mismatch(module, sub) or str(exc).strip().splitlines()[0]
             raise CheckpointError(f"{source}: weights of {name!r} do not match the model "
-                                  f"({first}); was it trained with a different config?") from None
+                                  f"({detail}); was it trained with a different config?") from None
+
+
+#: Tensors named per kind of mismatch in :func:`state_mismatch` messages.
+_MISMATCH_NAMES = 3
+
+
+def state_mismatch(module: nn.Module, state: Mapping[str, torch.Tensor]) -> str:
+    """Which tensors of ``state`` do not fit ``module``: shape differences (with both
+    shapes), missing and unexpected keys, a few of each; "" when they all fit."""
+    own = module.state_dict()
+    shapes = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+              for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    parts = []
+    for label, items in (("shape mismatch", shapes), ("missing", missing), ("unexpected", unexpected)):
+        if items:
+            more = f" (+{len(items) - _MISMATCH_NAMES} more)" if len(items) > _MISMATCH_NAMES else ""
+            parts.append(f"{label}: {'; '.join(items[:_MISMATCH_NAMES])}{more}")
+    return ", ".join(parts)
 
 
 class CheckpointManager:
@@ -182,6 +212,7 @@ class CheckpointManager:
         name = step_name(step)
         final = self.directory / name
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=self.directory))
+        os.chmod(tmp, _DIR_MODE & ~_umask())  # mkdtemp makes 0700 directories
         try:
             save_tensors(tmp / MODEL_FILE, module_state_tensors(modules), metadata={"format": FORMAT})
             save_tensors(tmp / TRAIN_STATE_FILE, tensors, metadata={"format": FORMAT})
