@@ -121,6 +121,10 @@ def test_journey_on_a_folder_of_12_images(folders, tmp_path, capsys):
     report = json.loads((run / "ev" / "eval.json").read_text())
     assert report["details"]["num_images"] == 1 and report["source"]["size"] == SIZE
 
+    rc, out, err = _cli(capsys, "eval", "--pipeline", pipe_dir, "--data", folders / "flat", "--metrics", "fid",
+                        "--out", run / "ev2", "--no-progress")
+    assert rc == 1 and "FID needs at least 2 images; 1 held-out image(s)" in err and "--crops-per-image" in err
+
     # resume: the stored run config (data, batch) without repeating it; contradictions refused
     rc, out, err = _cli(capsys, "train-prior", "--out", run / "prior", "--resume", "--batch-size", 8)
     assert rc == 1 and "--batch-size 8 contradicts the run being resumed" in err and "batch_size = 22" in err

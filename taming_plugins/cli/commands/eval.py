@@ -195,6 +195,9 @@ def run(args: argparse.Namespace) -> int:
     from taming_plugins.data import ImageFolder
 
     what = dataset.describe() if isinstance(dataset, ImageFolder) else f"{len(dataset)} images of {args.data}"
+    if n < 2 and any(m in metrics for m in ("fid", "rfid")):
+        raise ValueError(f"FID needs at least 2 images; {what} gives {n}: add --crops-per-image N "
+                         "(fixed random crops of each image) or --split all")
     print(f"evaluating {', '.join(metrics)} on {n} item(s): {what}; {size}×{size} px ({origin})"
           + (f"; fid draws {n} samples" if "fid" in metrics else ""))
     cache = None if args.no_cache else ReferenceStatsCache(args.cache_dir)
