@@ -190,3 +190,45 @@ def test_report_json_is_strict_with_infinite_psnr(tmp_path):
     assert "Infinity" not in text
     assert json.loads(text)["metrics"]["psnr"] == "inf"
     assert np.isfinite(json.loads(text)["metrics"]["ssim"])
+
+
+# --------------------------------------------------------------------------- colour and border figures
+from hypothesis import given as _given, settings as _settings, strategies as _st  # noqa: E402
+
+from taming_plugins.eval import border_error_ratio, channel_mean_error, edge_interior_ratio  # noqa: E402
+
+
+@_settings(max_examples=30, deadline=None)
+@_given(shift=_st.floats(-0.5, 0.5), side=_st.integers(4, 12), seed=_st.integers(0, 100))
+def test_channel_mean_error_is_the_colour_shift(shift, side, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(2, 3, side, side, generator=g) * 0.5 - 0.25
+    y = x.clone()
+    y[:, 0] += shift  # only the red channel moves; [-1, 1] scale -> [0, 1] halves it
+    err = channel_mean_error(y, x)
+    assert torch.allclose(err, torch.full((2,), abs(shift) / 2 / 3), atol=1e-5)
+    assert torch.equal(channel_mean_error(x, x), torch.zeros(2))
+
+
+@_settings(max_examples=30, deadline=None)
+@_given(frame=_st.floats(0.05, 0.5), side=_st.integers(6, 16), seed=_st.integers(0, 100))
+def test_border_ratios_see_a_frame(frame, side, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(1, 3, side, side, generator=g) * 2 - 1
+    noisy = (x + 0.1 * torch.randn(x.shape, generator=g)).clamp(-1, 1)
+    framed = noisy.clone()
+    framed[..., 0, :] += frame
+    framed[..., -1, :] += frame
+    framed[..., :, 0] += frame
+    framed[..., :, -1] += frame
+    assert border_error_ratio(framed, x) > border_error_ratio(noisy, x)
+    flat = torch.zeros(1, 3, side, side) + 0.01 * torch.randn(1, 3, side, side, generator=g)
+    flat_framed = flat.clone()
+    flat_framed[..., 0, :] = flat_framed[..., -1, :] = frame
+    assert edge_interior_ratio(flat_framed) > 1.5 > edge_interior_ratio(flat)
+
+
+def test_border_ratio_rejects_a_ring_wider_than_the_image():
+    x = torch.zeros(1, 3, 4, 4)
+    with pytest.raises(ValidationError, match="ring"):
+        border_error_ratio(x, x, ring=2)
