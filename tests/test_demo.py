@@ -81,7 +81,10 @@ def test_demo_metrics_are_sane(demo_run):
     assert 1 <= m["codebook_perplexity"] <= 32
     assert 1 <= m["prior_perplexity"] <= 33 + 1e-6  # at most the prior's vocabulary (32 codes + SOS)
     assert m["sampling_tokens_per_s"] > 0 and m["sliding_window_tokens_per_s"] > 0
-    assert set(m["seconds"]) == set(m["cpu_seconds"]) == {"stage1", "stage2", "eval", "sampling", "total"}
+    assert set(m["seconds"]) == set(m["cpu_seconds"]) == {"stage1", "stage2", "eval", "sampling", "figures",
+                                                          "total"}
+    assert 0 <= m["colour_err"] < 1 and m["border_ratio"] > 0 and m["sliding_edge_ratio"] > 0
+    assert "sample_fid_note" in m and ("sample_fid" not in m or m["sample_fid"] >= 0)
     s = m["settings"]
     assert (s["stage1_steps"], s["stage2_steps"]) == tuple(map(int, TINY_STEPS))
     assert s["seed"] == 3 and s["threads"] == 1 and s["codebook_size"] == 32
@@ -90,7 +93,8 @@ def test_demo_metrics_are_sane(demo_run):
 def test_demo_pipeline_is_usable_by_taming_sample(demo_run, tmp_path, capsys):
     out = tmp_path / "samples"
     assert main(["sample", "--pipeline", str(demo_run / "pipeline"), "--n", "2", "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["grid.png", "sample_0000.png", "sample_0001.png"]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "grid.png", "sample_0000.png", "sample_0001.png"]
 
 
 def test_summary_table_lists_metrics_and_files(tmp_path):
