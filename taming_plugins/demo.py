@@ -54,7 +54,7 @@ SECTION_KEYS = {
     "stage2": ("steps", "batch_size", "lr", "train_images", "prior"),
     "sampling": ("num_samples", "temperature", "top_k", "window_scale", "sliding_policy",
                  "sliding_samples"),
-    "eval": ("val_images", "show_images"),
+    "eval": ("val_images", "show_images", "sample_fid"),
 }
 #: Values of ``stage1.perceptual`` besides a loss spec.
 PERCEPTUAL_AUTO, PERCEPTUAL_NONE = "auto", "none"
@@ -169,8 +169,14 @@ def perceptual_choice(setting: Any) -> tuple[Optional[dict[str, Any]], str]:
 
 
 def _dataset_kwargs(data: str, length: int) -> dict[str, Any]:
-    """``length`` only applies to the bundled photos (they are drawn, not enumerated)."""
-    return {"length": length} if str(data) == "photos" else {}
+    """``length`` only applies to the bundled photos (they are drawn, not enumerated); an
+    image folder gives several crops per image (enough for a small folder's few held-out
+    images too; the first items span every file)."""
+    from taming_plugins.data import BUILTIN_DATASETS
+
+    if str(data) == "photos":
+        return {"length": length}
+    return {} if str(data) in BUILTIN_DATASETS else {"crops_per_image": "auto"}
 
 
 def _prior_dataset(cfg: Mapping[str, Any]) -> Any:
@@ -436,7 +442,8 @@ def run_demo(config: Optional[Union[Mapping[str, Any], str, Path]] = None,
 
             recon_all = torch.cat([pipeline.reconstruct(b.to(device))[0].cpu() for b in images.split(EVAL_BATCH)])
             metrics.update(picture_figures(images, recon_all, samples, sliding,
-                                           ring=pipeline.tokenizer.downsample_factor, device=device))
+                                           ring=pipeline.tokenizer.downsample_factor, device=device,
+                                           fid=bool(cfg["eval"].get("sample_fid", True))))
     metrics["seconds"] = dict(timer.wall)
     metrics["cpu_seconds"] = dict(timer.cpu)
     metrics["settings"] = {

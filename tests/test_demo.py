@@ -24,7 +24,7 @@ TINY = {
     "stage2": {"batch_size": 8, "train_images": 32,
                "prior": {"name": "gpt", "n_layer": 1, "n_head": 2, "n_embd": 32}},
     "sampling": {"num_samples": 2, "top_k": 16},
-    "eval": {"val_images": 8, "show_images": 4},
+    "eval": {"val_images": 8, "show_images": 4, "sample_fid": False},  # Inception on the CPU: ~20 s
 }
 TINY_SIZE = 16          # 4×4 token grid
 TINY_STEPS = ("3", "4")

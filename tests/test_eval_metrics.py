@@ -232,3 +232,18 @@ def test_border_ratio_rejects_a_ring_wider_than_the_image():
     x = torch.zeros(1, 3, 4, 4)
     with pytest.raises(ValidationError, match="ring"):
         border_error_ratio(x, x, ring=2)
+
+
+def test_picture_figures_report_colours_borders_and_why_no_fid():
+    from taming_plugins.eval.figures import picture_figures, sample_fid
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 3, 16, 16, generator=g) * 2 - 1
+    shifted = (x + 0.2).clamp(-1, 1)
+    figs = picture_figures(x, shifted, x[:2], x[:1], ring=4, fid=False)
+    assert figs["colour_err"] > 0.03 and 0.5 < figs["border_ratio"] < 1.5
+    assert 0 < figs["samples_edge_ratio"] and 0 < figs["sliding_edge_ratio"]
+    assert figs["sample_fid_note"] == "not computed: disabled in the config"
+    assert picture_figures(x, x, x[:2], None, ring=4, fid=False)["colour_err"] == 0
+    assert "differ in size" in sample_fid(x, x[:, :, :8, :8])["sample_fid_note"]
+    assert "at least 2 images" in sample_fid(x, x[:1])["sample_fid_note"]

@@ -12,7 +12,8 @@ Conventions:
   ``root/dog/*.jpg``...); items are ``(image, label)`` with labels in the sorted order
   of the class names (:attr:`ImageFolder.classes`).
 * **Several crops per image.** ``crops_per_image=k`` makes every file ``k`` items, each
-  its own random crop (fixed per item and epoch); ``"auto"`` picks ``k`` so that a small
+  its own random crop (fixed per item and epoch; item ``i`` is a crop of file ``i mod n``,
+  so the first items span every file); ``"auto"`` picks ``k`` so that a small
   folder still gives about :data:`AUTO_MIN_ITEMS` items (see :func:`default_crops_per_image`).
 """
 
@@ -168,7 +169,7 @@ class ImageFolder(Dataset):
         n = len(self.files)
         if not 0 <= index < len(self):
             raise IndexError(f"ImageFolder index {index} out of range [0, {len(self)})")
-        first = index // self.crops_per_image
+        first = index % len(self.files)  # item i: crop i // n of file i % n (the first n items span every file)
         for offset in range(n):
             i = (first + offset) % n
             if i in self._bad:

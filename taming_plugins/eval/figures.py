@@ -42,6 +42,8 @@ def picture_figures(inputs: Tensor, reconstructions: Tensor, samples: Tensor, sl
         out["sliding_edge_ratio"] = round(float(edge_interior_ratio(sliding.float().cpu(), ring=ring).mean()), 3)
     if fid:
         out.update(sample_fid(x, samples.float().cpu(), device=device))
+    else:
+        out["sample_fid_note"] = "not computed: disabled in the config"
     return out
 
 
@@ -49,15 +51,15 @@ def sample_fid(reference: Tensor, samples: Tensor, *, device: Any = "cpu") -> di
     """``{"sample_fid": value, "sample_fid_note": ...}`` or ``{"sample_fid_note": why not}``."""
     from .fid import DEFAULT_FEATURE_NET, FidFeatureExtractor, fid_available
 
-    ok, reason = fid_available()
     n_ref, n = reference.shape[0], samples.shape[0]
-    if not ok:
-        return {"sample_fid_note": f"not computed: {reason}"}
     if min(n_ref, n) < 2:
         return {"sample_fid_note": "not computed: FID needs at least 2 images on each side"}
     if reference.shape[-2:] != samples.shape[-2:]:
         return {"sample_fid_note": f"not computed: samples {tuple(samples.shape[-2:])} and references "
                                    f"{tuple(reference.shape[-2:])} differ in size"}
+    ok, reason = fid_available()
+    if not ok:
+        return {"sample_fid_note": f"not computed: {reason}"}
     extractor = FidFeatureExtractor(DEFAULT_FEATURE_NET, device=device)
     from .fid import stats_of
 
