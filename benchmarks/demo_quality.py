@@ -46,6 +46,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "batch16": {"stage1": {"batch_size": 16}},
     "channels_last": {"tokenizer": {"channels_last": True}},
     "ch48": {"tokenizer": {"ch": 48}},
+    "codes1024": {"tokenizer": {"quantizer": {"name": "ema", "codebook_size": 1024, "dim": 32}}},
+    "dim16": {"tokenizer": {"embed_dim": 16, "quantizer": {"name": "ema", "codebook_size": 256, "dim": 16}}},
+    "no_gan+codes1024": {"stage1": {"disc_start_fraction": 1.0},
+                         "tokenizer": {"quantizer": {"name": "ema", "codebook_size": 1024, "dim": 32}}},
+    "no_gan+codes1024+batch12": {"stage1": {"disc_start_fraction": 1.0, "batch_size": 12},
+                                 "tokenizer": {"quantizer": {"name": "ema", "codebook_size": 1024, "dim": 32}}},
 }
 QUICK_STEPS = 60
 QUICK_VARIANTS = ("base", "no_gan")
