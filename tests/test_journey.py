@@ -247,3 +247,23 @@ def test_get_dataset_folder_defaults(folders):
     assert train.num_images == 11 and val.num_images == 1 and len(val) == 1
     assert len(train) == 11 * default_crops_per_image(11)
     assert not set(train.files) & set(val.files)
+
+
+# --------------------------------------------------------------------------- checkpoints
+def test_mismatched_weights_name_the_tensors_and_files_get_normal_permissions(tmp_path):
+    import os
+
+    from taming_core.errors import CheckpointError
+    from taming_plugins.training.checkpoint import CheckpointManager
+
+    manager = CheckpointManager(tmp_path / "ckpts")
+    path = manager.save(1, modules={"prior": torch.nn.Linear(2, 3)})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (path.stat().st_mode & 0o777) == 0o777 & ~umask
+    for f in path.iterdir():
+        assert (f.stat().st_mode & 0o777) == 0o666 & ~umask, f.name
+    with pytest.raises(CheckpointError, match=r"shape mismatch: bias: checkpoint \(3,\) vs model \(4,\); weight: checkpoint \(3, 2\) vs model \(4, 2\)"):
+        manager.load(path, modules={"prior": torch.nn.Linear(2, 4)})
+    with pytest.raises(CheckpointError, match=r"missing: 0\.weight"):
+        manager.load(path, modules={"prior": torch.nn.Sequential(torch.nn.Linear(2, 3))})
