@@ -124,7 +124,13 @@ def main() -> None:
     size = int(default_demo_config()["image_size"])
     val = get_dataset("photos", size, split="val", length=VAL_IMAGES)
     images = torch.stack([val[i] for i in range(VAL_IMAGES)])
-    rows = [run_variant(n, steps, args.seed, images) for n in names]
+    rows = []
+    for name in names:  # results are rewritten after every variant, so a stopped run keeps its rows
+        rows.append(run_variant(name, steps, args.seed, images))
+        _write(args, rows, names, size, write_results)
+
+
+def _write(args: argparse.Namespace, rows: list, names: list, size: int, write_results: Any) -> None:
     load = os.getloadavg()[0]
     write_results(args.name or ("demo_quality_quick" if args.quick else "demo_quality"), rows,
                   columns=["variant", "steps", "psnr_db", "colour_err", "border_ratio", "usage_pct",
