@@ -157,6 +157,8 @@ def test_journey_on_class_folders(folders, tmp_path, capsys):
                         "--n", 2, "--out", run / "dogs", "--no-progress")
     assert rc == 0, err
     assert "wrote 2 samples of class 'dog' (id 1)" in out and len(_pngs(run / "dogs")) == 3
+    rc, out, err = _cli(capsys, "sample", "--pipeline", run / "prior" / "pipeline", "--n", 1, "--out", run / "x")
+    assert rc == 1 and "--label is required: the pipeline is class-conditional (cat, dog, fox)" in err
     rc, out, err = _cli(capsys, "sample", "--prior", run / "prior", "--label", "zebra", "--n", 1,
                         "--out", run / "z")
     assert rc == 1 and "unknown label 'zebra'; expected one of cat, dog, fox or an id in [0, 2]" in err

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from taming_core import Conditioner, Pipeline, Prior, Tokenizer, create, create_from_spec, get
-from taming_core.errors import CheckpointError, ConfigError
+from taming_core.errors import CheckpointError, ConfigError, TamingError
 from taming_core.io import atomic_path, read_json, write_json
 
 from .checkpoint import CONFIG_FILE, STATE_FILE, CheckpointManager
@@ -170,7 +170,9 @@ def _sampler_for(spec: Mapping[str, Any], image_vocab: int) -> Any:
         kwargs["vocab_limit"] = image_vocab
     if isinstance(kwargs.get("top_k"), int):
         kwargs["top_k"] = min(kwargs["top_k"], image_vocab)
-    kwargs.pop("null_condition", None)  # a tensor of the run; the pipeline derives its own
+    if kwargs.pop("guidance_scale", 1.0) != 1.0:  # its null condition is a tensor of the run, which
+        kwargs.pop("null_condition", None)        # pipeline.json cannot hold: sample without guidance
+        log.info("the pipeline's %s sampler leaves out classifier-free guidance", name)
     return create("sampler", name, **kwargs)
 
 
@@ -210,7 +212,7 @@ def pipeline_after_checkpoint(trainer: Any, checkpoint: Optional[Path]) -> Optio
         target = write_run_pipeline(Path(trainer.out_dir) / RUN_PIPELINE, pipeline, source={
             "checkpoint": str(checkpoint), "step": int(trainer.step),
             "tokenizer": None if trainer.config.tokenizer is None else str(trainer.config.tokenizer)})
-    except ConfigError as exc:
+    except TamingError as exc:  # never fail a training run over its convenience pipeline
         if not getattr(trainer, "_pipeline_warned", False):
             log.warning("not writing %s: %s", Path(trainer.out_dir) / RUN_PIPELINE, exc)
             trainer._pipeline_warned = True

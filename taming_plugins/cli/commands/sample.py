@@ -122,6 +122,10 @@ def resolve_label(pipeline: Any, label: Optional[str]) -> Optional[int]:
     from taming_plugins.conditioning.class_label import ClassLabelConditioner
 
     if label is None:
+        if isinstance(pipeline.conditioner, ClassLabelConditioner):
+            names = pipeline.conditioner.class_names
+            known = ", ".join(names) if names else f"ids 0..{pipeline.conditioner.num_classes - 1}"
+            raise ValueError(f"--label is required: the pipeline is class-conditional ({known})")
         return None
     if not isinstance(pipeline.conditioner, ClassLabelConditioner):
         kind = type(pipeline.conditioner).__name__ if pipeline.conditioner is not None else "no conditioner"
