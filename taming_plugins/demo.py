@@ -324,7 +324,7 @@ AUTO_MAX_THREADS = 4
 
 def choose_threads(setting: Any) -> tuple[int, str]:
     """(torch CPU threads, why): an int is used as given; ``"auto"`` takes the cores left
-    free by other processes (CPU count minus the 1-minute load average, rounded down), at
+    free by other processes (CPU count minus the 1-minute load average, rounded), at
     least 1 and at most :data:`AUTO_MAX_THREADS`. On a 2-core machine where another
     process holds a core this gives 1: more threads than free cores make every step
     wait for the slowest thread (3-7 s per step instead of ~0.3 s)."""
@@ -337,7 +337,7 @@ def choose_threads(setting: Any) -> tuple[int, str]:
         load = os.getloadavg()[0]
     except OSError:  # no load average on this platform
         load = 0.0
-    free = int(cores - load)
+    free = round(cores - load)
     threads = max(1, min(AUTO_MAX_THREADS, free))
     return threads, f"auto: {cores} CPU cores, load average {load:.1f}"
 
