@@ -269,3 +269,21 @@ def test_mismatched_weights_name_the_tensors_and_files_get_normal_permissions(tm
         manager.load(path, modules={"prior": torch.nn.Linear(2, 4)})
     with pytest.raises(CheckpointError, match=r"missing: 0\.weight"):
         manager.load(path, modules={"prior": torch.nn.Sequential(torch.nn.Linear(2, 3))})
+
+
+def test_demo_thread_choice_is_said(monkeypatch):
+    import os
+
+    from taming_plugins.demo import AUTO_MAX_THREADS, choose_threads, resolve_demo_config
+
+    assert choose_threads(3) == (3, "from the config")
+    assert resolve_demo_config()["threads"] == "auto"
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.2, 1.0, 1.0))  # another process holds a core
+    assert choose_threads("auto") == (1, "auto: 2 CPU cores, load average 1.2")
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.1, 0.1))
+    assert choose_threads("auto")[0] == 2
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    assert choose_threads("auto")[0] == AUTO_MAX_THREADS
+    monkeypatch.setattr(os, "getloadavg", lambda: (70.0, 70.0, 70.0))
+    assert choose_threads("auto")[0] == 1
