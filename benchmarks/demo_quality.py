@@ -46,6 +46,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "batch16": {"stage1": {"batch_size": 16}},
     "channels_last": {"tokenizer": {"channels_last": True}},
     "ch48": {"tokenizer": {"ch": 48}},
+    "no_gan+replicate": {"stage1": {"disc_start_fraction": 1.0}, "tokenizer": {"padding_mode": "replicate"}},
+    "no_gan+dim8": {"stage1": {"disc_start_fraction": 1.0},
+                    "tokenizer": {"embed_dim": 8, "quantizer": {"name": "ema", "codebook_size": 256, "dim": 8}}},
     "codes1024": {"tokenizer": {"quantizer": {"name": "ema", "codebook_size": 1024, "dim": 32}}},
     "dim16": {"tokenizer": {"embed_dim": 16, "quantizer": {"name": "ema", "codebook_size": 256, "dim": 16}}},
     "no_gan+codes1024": {"stage1": {"disc_start_fraction": 1.0},
@@ -70,7 +73,7 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 @torch.no_grad()
 def measure(tokenizer: Any, images: torch.Tensor) -> dict[str, float]:
-    from taming_plugins.eval import border_error_ratio, channel_mean_error, psnr
+    from taming_plugins.eval import border_error_ratio, channel_mean_error, psnr, worst_edge_error_ratio
     from taming_plugins.eval.codebook import CodebookStats
 
     tokenizer.eval()
@@ -81,6 +84,7 @@ def measure(tokenizer: Any, images: torch.Tensor) -> dict[str, float]:
     return {"psnr_db": round(float(psnr(xrec, images).mean()), 2),
             "colour_err": round(float(channel_mean_error(xrec, images).mean()), 4),
             "border_ratio": round(float(border_error_ratio(xrec, images).mean()), 3),
+            "worst_edge": round(float(worst_edge_error_ratio(xrec, images).mean()), 3),
             "usage_pct": round(100.0 * stats.usage(), 1)}
 
 
@@ -133,7 +137,7 @@ def main() -> None:
 def _write(args: argparse.Namespace, rows: list, names: list, size: int, write_results: Any) -> None:
     load = os.getloadavg()[0]
     write_results(args.name or ("demo_quality_quick" if args.quick else "demo_quality"), rows,
-                  columns=["variant", "steps", "psnr_db", "colour_err", "border_ratio", "usage_pct",
+                  columns=["variant", "steps", "psnr_db", "colour_err", "border_ratio", "worst_edge", "usage_pct",
                            "cpu_s", "wall_s"],
                   title="Demo tokenizer quality per setting (held-out photo crops)",
                   notes=[f"1 torch thread; shared 2-core machine, load average {load:.1f} at the end "

@@ -465,6 +465,7 @@ SUMMARY_ROWS = (
     ("held-out SSIM", "ssim", "{:.3f}"),
     ("colour shift (mean per-channel error)", "colour_err", "{:.4f}"),
     ("border / interior error (<= 1.5)", "border_ratio", "{:.2f}"),
+    ("worst edge / interior error", "worst_edge_ratio", "{:.2f}"),
     ("sliding-window edge / interior (<= 1.5)", "sliding_edge_ratio", "{:.2f}"),
     ("sample FID vs held-out crops (few images!)", "sample_fid", "{:.1f}"),
     ("codebook usage (%)", "codebook_usage_pct", "{:.1f}"),

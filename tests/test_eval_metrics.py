@@ -247,3 +247,15 @@ def test_picture_figures_report_colours_borders_and_why_no_fid():
     assert picture_figures(x, x, x[:2], None, ring=4, fid=False)["colour_err"] == 0
     assert "differ in size" in sample_fid(x, x[:, :, :8, :8])["sample_fid_note"]
     assert "at least 2 images" in sample_fid(x, x[:1])["sample_fid_note"]
+
+
+def test_worst_edge_ratio_sees_a_line_along_one_edge():
+    from taming_plugins.eval import worst_edge_error_ratio
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(3, 3, 12, 12, generator=g) * 2 - 1
+    y = (x + 0.05 * torch.randn(x.shape, generator=g)).clamp(-1, 1)
+    lined = y.clone()
+    lined[..., -1, :] = (lined[..., -1, :] + 0.6).clamp(-1, 1)  # a light line along the bottom only
+    assert worst_edge_error_ratio(lined, x).min() > 2.0 > worst_edge_error_ratio(y, x).max()
+    assert (worst_edge_error_ratio(lined, x) > border_error_ratio(lined, x)).all()

@@ -287,3 +287,27 @@ def test_demo_thread_choice_is_said(monkeypatch):
     assert choose_threads("auto")[0] == AUTO_MAX_THREADS
     monkeypatch.setattr(os, "getloadavg", lambda: (70.0, 70.0, 70.0))
     assert choose_threads("auto")[0] == 1
+
+
+@pytest.mark.parametrize("mode", ["replicate", "reflect"])
+def test_vqgan_padding_mode_is_stored_and_not_exported(mode, tmp_path):
+    from taming_plugins.compat import save_taming_checkpoint
+
+    spec = {"name": "vqgan", "ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [],
+            "z_channels": 8, "resolution": 16, "embed_dim": 4, "n_embed": 32, "quantizer": {"name": "vq"}}
+    zeros = taming_core.create("tokenizer", **spec).eval()
+    padded = taming_core.create("tokenizer", **spec, padding_mode=mode).eval()
+    padded.load_state_dict(zeros.state_dict())  # same weights, other padding
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        a, b = zeros.encoder(x), padded.encoder(x)
+    assert not torch.allclose(a, b)  # the padding changes the edges
+    rebuilt = taming_core.build({"tokenizer": taming_core.spec_of(padded)})["tokenizer"].eval()
+    rebuilt.load_state_dict(padded.state_dict())
+    with torch.no_grad():
+        assert torch.equal(rebuilt.encoder(x), b)
+    assert "padding_mode" not in taming_core.spec_of(zeros)
+    with pytest.raises(taming_core.ConfigError, match="pads with zeros only"):
+        save_taming_checkpoint(tmp_path / "x.ckpt", padded)
+    with pytest.raises(taming_core.ConfigError, match="padding_mode"):
+        taming_core.create("tokenizer", **spec, padding_mode="circle")

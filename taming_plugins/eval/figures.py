@@ -6,7 +6,8 @@ large (sliding-window) sample and returns:
 * ``colour_err`` — mean per-channel colour shift of the reconstructions
   (:func:`~.metrics.channel_mean_error`, [0, 1] scale; 0 = colours kept);
 * ``border_ratio`` — outer-ring / interior reconstruction error (1-pixel ring; a frame
-  shows as a ratio above 1.5);
+  shows as a ratio above 1.5); ``worst_edge_ratio`` — the same for the worst single
+  edge (a line along one edge);
 * ``samples_edge_ratio`` / ``sliding_edge_ratio`` — ring / interior deviation of the
   samples from their own mean (:func:`~.metrics.edge_interior_ratio`; ring of one
   token, ``ring`` pixels): a lighter or darker frame around a sample shows above 1.5;
@@ -22,7 +23,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from .metrics import border_error_ratio, channel_mean_error, edge_interior_ratio
+from .metrics import border_error_ratio, channel_mean_error, edge_interior_ratio, worst_edge_error_ratio
 
 #: FID below this many images is reported with the small-sample caveat.
 FID_RELIABLE_COUNT = 2048
@@ -36,6 +37,7 @@ def picture_figures(inputs: Tensor, reconstructions: Tensor, samples: Tensor, sl
     out: dict[str, Any] = {
         "colour_err": round(float(channel_mean_error(y, x).mean()), 4),
         "border_ratio": round(float(border_error_ratio(y, x, ring=1).mean()), 3),
+        "worst_edge_ratio": round(float(worst_edge_error_ratio(y, x).mean()), 3),
         "samples_edge_ratio": round(float(edge_interior_ratio(samples.float().cpu(), ring=ring).mean()), 3),
     }
     if sliding is not None:

@@ -167,6 +167,20 @@ def border_error_ratio(x: Tensor, y: Tensor, ring: int = 1) -> Tensor:
     return err[:, mask].mean(dim=1) / err[:, ~mask].mean(dim=1).clamp_min(1e-8)
 
 
+def worst_edge_error_ratio(x: Tensor, y: Tensor) -> Tensor:
+    """Per image (B): the largest of the four one-pixel edges' (top, bottom, left, right)
+    mean absolute error divided by the interior's. A line along one edge only (the
+    original VQGAN's right/bottom zero pad) shows here even when the whole ring's
+    average (:func:`border_error_ratio`) hides it."""
+    _check_pair(x, y, "worst_edge_error_ratio")
+    err = (to_unit_range(x).float() - to_unit_range(y).float()).abs().mean(dim=1)  # B×H×W
+    mask = _ring_mask(err.shape[-2], err.shape[-1], 1, err.device)
+    interior = err[:, ~mask].mean(dim=1).clamp_min(1e-8)
+    edges = torch.stack([err[:, 0, :].mean(1), err[:, -1, :].mean(1), err[:, :, 0].mean(1),
+                         err[:, :, -1].mean(1)], dim=1)
+    return edges.max(dim=1).values / interior
+
+
 def edge_interior_ratio(images: Tensor, ring: int = 1) -> Tensor:
     """Per image (B), for samples without a reference: the mean absolute deviation of the
     outer ``ring`` pixels from the image's per-channel mean, divided by the same for the
