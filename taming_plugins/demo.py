@@ -467,6 +467,7 @@ SUMMARY_ROWS = (
     ("border / interior error (<= 1.5)", "border_ratio", "{:.2f}"),
     ("worst edge / interior error", "worst_edge_ratio", "{:.2f}"),
     ("sliding-window edge / interior (<= 1.5)", "sliding_edge_ratio", "{:.2f}"),
+    ("sliding-window worst edge shift (std)", "sliding_worst_edge_shift", "{:.2f}"),
     ("sample FID vs held-out crops (few images!)", "sample_fid", "{:.1f}"),
     ("codebook usage (%)", "codebook_usage_pct", "{:.1f}"),
     ("codebook perplexity", "codebook_perplexity", "{:.1f}"),

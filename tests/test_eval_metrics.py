@@ -259,3 +259,16 @@ def test_worst_edge_ratio_sees_a_line_along_one_edge():
     lined[..., -1, :] = (lined[..., -1, :] + 0.6).clamp(-1, 1)  # a light line along the bottom only
     assert worst_edge_error_ratio(lined, x).min() > 2.0 > worst_edge_error_ratio(y, x).max()
     assert (worst_edge_error_ratio(lined, x) > border_error_ratio(lined, x)).all()
+
+
+@_settings(max_examples=20, deadline=None)
+@_given(lift=_st.floats(0.3, 0.8), seed=_st.integers(0, 50))
+def test_worst_edge_shift_sees_a_light_edge(lift, seed):
+    from taming_plugins.eval import worst_edge_shift
+
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.rand(2, 3, 16, 16, generator=g) * 0.8 - 0.4)
+    lit = x.clone()
+    lit[..., :, -4:] += lift  # a lighter right band, one token (4 px) wide
+    assert (worst_edge_shift(lit, ring=4) > 0.5).all()
+    assert (worst_edge_shift(lit, ring=4) > worst_edge_shift(x, ring=4)).all()

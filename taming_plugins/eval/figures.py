@@ -11,6 +11,9 @@ large (sliding-window) sample and returns:
 * ``samples_edge_ratio`` / ``sliding_edge_ratio`` — ring / interior deviation of the
   samples from their own mean (:func:`~.metrics.edge_interior_ratio`; ring of one
   token, ``ring`` pixels): a lighter or darker frame around a sample shows above 1.5;
+  ``samples_worst_edge_shift`` / ``sliding_worst_edge_shift`` — the largest shift of
+  one edge band's mean brightness from the interior's, in interior standard deviations
+  (:func:`~.metrics.worst_edge_shift`): a light line along one edge shows here;
 * ``sample_fid`` — FID of the samples against the held-out images (when the ``eval``
   extra is installed), with ``sample_fid_note`` saying how many images it rests on: at
   a few dozen images FID is strongly biased upwards, so compare it only at equal counts.
@@ -23,7 +26,8 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from .metrics import border_error_ratio, channel_mean_error, edge_interior_ratio, worst_edge_error_ratio
+from .metrics import (border_error_ratio, channel_mean_error, edge_interior_ratio, worst_edge_error_ratio,
+                      worst_edge_shift)
 
 #: FID below this many images is reported with the small-sample caveat.
 FID_RELIABLE_COUNT = 2048
@@ -40,8 +44,10 @@ def picture_figures(inputs: Tensor, reconstructions: Tensor, samples: Tensor, sl
         "worst_edge_ratio": round(float(worst_edge_error_ratio(y, x).mean()), 3),
         "samples_edge_ratio": round(float(edge_interior_ratio(samples.float().cpu(), ring=ring).mean()), 3),
     }
+    out["samples_worst_edge_shift"] = round(float(worst_edge_shift(samples.float().cpu(), ring=ring).mean()), 3)
     if sliding is not None:
         out["sliding_edge_ratio"] = round(float(edge_interior_ratio(sliding.float().cpu(), ring=ring).mean()), 3)
+        out["sliding_worst_edge_shift"] = round(float(worst_edge_shift(sliding.float().cpu(), ring=ring).mean()), 3)
     if fid:
         out.update(sample_fid(x, samples.float().cpu(), device=device))
     else:

@@ -190,3 +190,20 @@ def edge_interior_ratio(images: Tensor, ring: int = 1) -> Tensor:
     dev = (a - a.mean(dim=(-2, -1), keepdim=True)).abs().mean(dim=1)  # B×H×W
     mask = _ring_mask(dev.shape[-2], dev.shape[-1], ring, dev.device)
     return dev[:, mask].mean(dim=1) / dev[:, ~mask].mean(dim=1).clamp_min(1e-8)
+
+
+def worst_edge_shift(images: Tensor, ring: int = 1) -> Tensor:
+    """Per image (B), for samples without a reference: the largest shift of an edge
+    band's mean brightness (top, bottom, left, right; ``ring`` pixels wide) from the
+    interior's mean, in units of the interior's standard deviation. A lighter or darker
+    line or frame along the edges gives about 0.5 and more; 0 means the edges look like
+    the interior on average."""
+    check_tensor(images, "worst_edge_shift(images)", dims=("B", "C", "H", "W"), dtype="float")
+    g = to_unit_range(images).float().mean(dim=1)  # B×H×W brightness
+    h, w = g.shape[-2:]
+    _ring_mask(h, w, ring, g.device)  # validates the ring width
+    interior = g[:, ring:h - ring, ring:w - ring].flatten(1)
+    mean, std = interior.mean(dim=1), interior.std(dim=1).clamp_min(1e-4)
+    bands = torch.stack([g[:, :ring, :].flatten(1).mean(1), g[:, h - ring:, :].flatten(1).mean(1),
+                         g[:, :, :ring].flatten(1).mean(1), g[:, :, w - ring:].flatten(1).mean(1)], dim=1)
+    return ((bands - mean[:, None]).abs() / std[:, None]).max(dim=1).values
