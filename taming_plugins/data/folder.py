@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Optional, Union
 
@@ -34,11 +35,11 @@ from torch.utils.data import Dataset
 from taming_core.errors import ValidationError
 from taming_core.validation import check_choice
 
-from ._transforms import crop_resize_flip, item_generator
+from ._transforms import crop_resize_flip, item_generator, to_rgb
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 SPLITS = ("train", "val", "all")
 #: Default fraction of the files held out for ``split="val"``.
 DEFAULT_HOLDOUT = 0.1
@@ -98,10 +99,14 @@ class ImageFolder(Dataset):
         check_choice(split, "ImageFolder(split)", SPLITS)
         if not isinstance(holdout, (int, float)) or not 0 <= holdout < 1:
             raise ValidationError(f"ImageFolder(holdout): expected a fraction in [0, 1), got {holdout!r}")
-        found = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        everything = [p for p in self.root.rglob("*") if p.is_file()]
+        found = sorted(p for p in everything if p.suffix.lower() in IMAGE_EXTENSIONS)
         if not found:
+            others = Counter(p.suffix.lower() or "(no extension)" for p in everything)
+            skipped = (f"; {len(everything)} other file(s) skipped for their extension "
+                       f"({_summary(others)})" if everything else "; the folder is empty")
             raise ValidationError(f"ImageFolder(root): no {'/'.join(IMAGE_EXTENSIONS)} images "
-                                  f"under {str(self.root)!r}")
+                                  f"under {str(self.root)!r}{skipped}")
         self.return_labels = bool(return_labels)
         groups: dict[str, list[Path]] = {}
         for p in found:
@@ -141,7 +146,7 @@ class ImageFolder(Dataset):
         self.crop_scale, self.epoch = crop_scale, 0
         self.seed = seed if random_crop else seed + _VAL_SEED
         self._fixed = not random_crop  # evaluation crops stay the same every epoch
-        self._bad: set[int] = set()
+        self._bad: dict[int, str] = {}
         self._warned = False
 
     @property
@@ -163,7 +168,7 @@ class ImageFolder(Dataset):
 
     def _open(self, index: int) -> Image.Image:
         with Image.open(self.files[index]) as img:
-            return img.convert("RGB")
+            return to_rgb(img)
 
     def __getitem__(self, index: int):
         n = len(self.files)
@@ -177,7 +182,7 @@ class ImageFolder(Dataset):
             try:
                 img = self._open(i)
             except (OSError, UnidentifiedImageError, ValueError) as exc:
-                self._bad.add(i)
+                self._bad[i] = _reason(exc)
                 if not self._warned:
                     self._warned = True
                     warnings.warn(f"ImageFolder: skipping unreadable image {self.files[i]} ({exc}); "
@@ -190,7 +195,9 @@ class ImageFolder(Dataset):
             flip = self.flip and not self._fixed
             image = crop_resize_flip(img, self.size, rng, crop_scale=self.crop_scale, flip=flip)
             return (image, self.labels[i]) if self.return_labels else image
-        raise ValidationError(f"ImageFolder: none of the {n} files under {str(self.root)!r} is readable")
+        reasons = Counter(self._bad.values())
+        raise ValidationError(f"ImageFolder: no readable image under {str(self.root)!r}: all {n} "
+                              f"image file(s) skipped ({_summary(reasons)})")
 
     def _rng(self, index: int):
         if not self.random_crop:
@@ -208,3 +215,19 @@ class ImageFolder(Dataset):
         if self.classes:
             text += f" in {len(self.classes)} classes ({', '.join(self.classes)})"
         return text
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a file could not be read, without its path (so equal reasons group)."""
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image Pillow can identify"
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _summary(counts: Counter) -> str:
+    """``"2 × reason a, 1 × reason b"``, most frequent first, at most four reasons."""
+    parts = [f"{n} × {what}" for what, n in counts.most_common(4)]
+    if len(counts) > 4:
+        parts.append(f"{sum(counts.values()) - sum(n for _, n in counts.most_common(4))} × other")
+    return ", ".join(parts)

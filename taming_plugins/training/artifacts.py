@@ -17,7 +17,7 @@ from taming_core import Conditioner, Pipeline, Prior, Tokenizer, create, create_
 from taming_core.errors import CheckpointError, ConfigError, TamingError
 from taming_core.io import atomic_path, read_json, write_json
 
-from .checkpoint import CONFIG_FILE, STATE_FILE, CheckpointManager
+from .checkpoint import CONFIG_FILE, RUN_CHECKPOINTS, STATE_FILE, CheckpointManager
 from .ema import EMA
 
 log = logging.getLogger(__name__)
@@ -28,8 +28,6 @@ PathLike = Union[str, os.PathLike]
 TOKENIZER_MODULE = "tokenizer"
 #: Stateful entry under which the stage-1 trainer stores the tokenizer's EMA weights.
 EMA_STATE = "ema"
-#: Sub-directory of a stage-1 run directory holding its checkpoints.
-RUN_CHECKPOINTS = "checkpoints"
 #: Sub-directory of a stage-2 run directory holding its ready pipeline.
 RUN_PIPELINE = "pipeline"
 #: File in ``OUT/pipeline`` naming the checkpoint and tokenizer it was composed from.
@@ -95,9 +93,11 @@ def load_frozen_tokenizer(source: Union[PathLike, Tokenizer], *, use_ema: bool =
 
         tokenizer = load_converted(path).tokenizer
     elif path.is_file() and path.suffix.lower() in ORIGINAL_SUFFIXES:
-        from taming_plugins.compat import load_taming_checkpoint
+        from taming_plugins.compat import TamingCheckpoint, load_taming_checkpoint
+        from taming_plugins.compat.net2net import Net2NetCheckpoint
 
-        tokenizer = getattr(load_taming_checkpoint(path), TOKENIZER_MODULE, None)
+        loaded = load_taming_checkpoint(path)  # a VQModel/GumbelVQ or a Net2Net checkpoint
+        tokenizer = loaded.tokenizer if isinstance(loaded, (TamingCheckpoint, Net2NetCheckpoint)) else loaded
     else:
         raise CheckpointError(f"{path}: expected a stage-1 checkpoint directory (with {STATE_FILE}), "
                               f"a converted checkpoint directory (with {CONFIG_FILE}) or an original "
@@ -199,22 +199,23 @@ def pipeline_after_checkpoint(trainer: Any, checkpoint: Optional[Path]) -> Optio
     prior, so ``taming sample --pipeline OUT/pipeline`` works after every kept checkpoint.
 
     Uses the trainer's ``tokenizer``, ``prior``, ``conditioner``, ``layout``,
-    ``cache.grid``, ``config.sampler`` and ``out_dir``; runs on the main process only.
+    ``cache.grid``, ``config.sampler`` and ``out``; runs on the main process only.
     A component that cannot be saved (an in-memory object without a spec) skips the
     pipeline with one warning instead of failing the training run.
     """
     if checkpoint is None or not trainer.is_main_process:
         return None
+    sampler = trainer.config.sampler or {"name": trainer.prior.default_sampler}
     try:
         pipeline = compose_pipeline(trainer.tokenizer, trainer.prior, trainer.conditioner,
                                     cond_offset=trainer.layout.cond_offset, grid=tuple(trainer.cache.grid),
-                                    sampler=trainer.config.sampler)
-        target = write_run_pipeline(Path(trainer.out_dir) / RUN_PIPELINE, pipeline, source={
+                                    sampler=sampler)
+        target = write_run_pipeline(Path(trainer.out) / RUN_PIPELINE, pipeline, source={
             "checkpoint": str(checkpoint), "step": int(trainer.step),
             "tokenizer": None if trainer.config.tokenizer is None else str(trainer.config.tokenizer)})
     except TamingError as exc:  # never fail a training run over its convenience pipeline
         if not getattr(trainer, "_pipeline_warned", False):
-            log.warning("not writing %s: %s", Path(trainer.out_dir) / RUN_PIPELINE, exc)
+            log.warning("not writing %s: %s", Path(trainer.out) / RUN_PIPELINE, exc)
             trainer._pipeline_warned = True
         return None
     log.info("wrote pipeline %s (step %d)", target, trainer.step)
@@ -256,7 +257,7 @@ def pipeline_from_runs(prior_run: PathLike, tokenizer: Optional[Union[PathLike, 
         raise ConfigError(f"{ckpt}: the run's conditioner {spec!r} was an in-memory object; it cannot "
                           "be rebuilt from the checkpoint")
     conditioner = create_from_spec("conditioner", spec).to(device).eval()
-    sampler = dict(config.get("stage2", {}).get("sampler") or {"name": "autoregressive"})
+    sampler = dict(config.get("stage2", {}).get("sampler") or {"name": trained.prior.default_sampler})
     pipeline = compose_pipeline(tok, trained.prior, conditioner, cond_offset=trained.layout.cond_offset,
                                 grid=trained.grid, sampler=sampler)
     return pipeline.to(device).eval()

@@ -6,9 +6,12 @@ Usage::
     taming train-prior --tokenizer runs/tok --data animals/ --conditioner class_label --out runs/cls
     taming train-prior --out runs/prior --resume --steps 4000      # continue (and extend) the run
 
-Writes OUT/checkpoints (or OUT/step_*), metrics.jsonl, sample grids and a ready pipeline,
-OUT/pipeline, refreshed with every checkpoint: the next command is
-``taming sample --pipeline OUT/pipeline``.
+Tokenizes the dataset once with the frozen tokenizer (cached, memory-mapped), then
+trains a prior on its own objective. Writes checkpoints/, metrics.jsonl, sample grids
+(images/*.png) and a ready pipeline, OUT/pipeline, refreshed with every checkpoint:
+the next command is ``taming sample --pipeline OUT/pipeline``. Options not given as
+flags come from --config (YAML/JSON with the sections of PriorTrainConfig: tokenizer,
+prior, conditioner, sampler, data, optim, train).
 
 Defaults come from the tokenizer: ``--image-size`` is the size it was trained at. An
 image folder gives several random crops per image (``--crops-per-image``, default
@@ -16,7 +19,7 @@ image folder gives several random crops per image (``--crops-per-image``, defaul
 sub-folder per class trains a class-conditional prior whose pipeline knows the class
 names (``taming sample --label NAME``). ``--resume`` restores the run's stored
 configuration (data, batch, architectures); flags that contradict it are refused by
-name, except those listed in RESUMABLE (``--steps`` extends a run).
+name, except steps, intervals and the device (``--steps`` extends a run).
 """
 
 from __future__ import annotations
@@ -26,19 +29,19 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from ..common import add_device_flag, add_seed_flag, seed_everything
+from ..common import add_device_flag, add_run_flags, add_seed_flag, apply_run_overrides, resume_option
 
-#: Command-line flags that override keys of the config file (flag dest -> config key).
+#: Command-line flags that override ``(section, key)`` of the run config (``None``: top level).
 OVERRIDES = {
-    "tokenizer": "tokenizer", "data": "data", "out": "out_dir", "image_size": "image_size",
-    "steps": "steps", "batch_size": "batch_size", "lr": "lr", "pkeep": "pkeep",
-    "cfg_drop": "cfg_drop", "cond_offset": "cond_offset", "ckpt_every": "ckpt_every",
-    "sample_every": "sample_every", "log_every": "log_every", "precision": "precision",
-    "cache_dir": "cache_dir", "device": "device", "seed": "seed", "max_items": "max_items",
+    "tokenizer": (None, "tokenizer"), "data": ("data", "train"), "out": ("train", "out"),
+    "image_size": ("data", "image_size"), "steps": ("train", "steps"),
+    "batch_size": ("data", "batch_size"), "lr": ("optim", "learning_rate"),
+    "pkeep": ("train", "pkeep"), "cfg_drop": ("train", "cfg_drop"),
+    "cond_offset": ("train", "cond_offset"), "ckpt_every": ("train", "ckpt_every"),
+    "sample_every": ("train", "image_every"), "log_every": ("train", "log_every"),
+    "cache_dir": ("data", "cache_dir"), "device": ("train", "device"), "seed": ("train", "seed"),
+    "max_items": ("data", "max_items"),
 }
-#: Config keys a resumed run may change; every other stored key must stay as it was.
-RESUMABLE = ("steps", "ckpt_every", "sample_every", "log_every", "device", "progress", "out_dir",
-             "cache_dir", "num_samples", "keep_last", "distributed", "compile", "fused")
 CONDITIONERS = ("sos", "class_label")
 DEFAULT_DATA = "photos"
 
@@ -73,74 +76,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--log-every", type=int, help="steps between metric records")
     p.add_argument("--precision", choices=("fp32", "bf16"), help="autocast precision of the prior")
     p.add_argument("--cache-dir", help="token cache directory (default OUT/token_cache)")
-    p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CKPT",
-                   help="continue from the latest checkpoint in --out (or the one given), with "
-                   "the run's stored configuration")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_run_flags(p)
     add_device_flag(p)
     add_seed_flag(p)
     p.set_defaults(func=run, device=None, seed=None, _parser=p)
 
 
-def _given(args: argparse.Namespace, config_file: dict[str, Any]) -> dict[str, Any]:
-    """Config keys set by --config and by flags (flags win)."""
-    given = dict(config_file)
-    for dest, key in OVERRIDES.items():
-        value = getattr(args, dest)
-        if value is not None:
-            given[key] = value
-    if args.no_progress:
-        given["progress"] = False
-    return given
+def _given(args: argparse.Namespace) -> dict[str, Any]:
+    from taming_core import load_config
+    from taming_plugins.training.config import upgrade_stage2_config
 
-
-def _flag_of(key: str) -> str:
-    for dest, k in OVERRIDES.items():
-        if k == key:
-            return "--" + dest.replace("_", "-")
-    return {"data_kwargs": "--crops-per-image/--conditioner", "conditioner": "--conditioner"}.get(
-        key, f"{key} (in --config)")
-
-
-def stored_run_config(out: str, which: str = "latest") -> tuple[dict[str, Any], Path]:
-    """The stage-2 config stored with a run's checkpoint (for ``--resume``)."""
-    from taming_core.errors import CheckpointError
-    from taming_plugins.training.artifacts import find_checkpoint
-    from taming_plugins.training.checkpoint import read_checkpoint_config
-
-    ckpt = find_checkpoint(out if which == "latest" else which)
-    if ckpt is None:
-        raise CheckpointError(f"--resume: no checkpoint in {out}; start the run without --resume")
-    stored = read_checkpoint_config(ckpt).get("stage2")
-    if not isinstance(stored, dict):
-        raise CheckpointError(f"--resume: {ckpt} stores no stage-2 config; is it a train-prior run?")
-    return stored, ckpt
-
-
-def _resumed_config(args: argparse.Namespace, given: dict[str, Any]) -> dict[str, Any]:
-    """The stored config + the given keys that a resumed run may change; a given key that
-    contradicts the stored run is refused by name."""
-    if "out_dir" not in given:
-        raise ValueError("--resume needs --out (the run directory to continue)")
-    stored, ckpt = stored_run_config(given["out_dir"], args.resume)
-    for key, value in given.items():
-        if key in RESUMABLE or key not in stored:
-            continue
-        if _normalised(value) != _normalised(stored[key]):
-            raise ValueError(f"{_flag_of(key)} {value!r} contradicts the run being resumed "
-                             f"({key} = {stored[key]!r} in {ckpt}); drop it, or train a new run "
-                             f"in another --out")
-    config = dict(stored)
-    config.update({k: v for k, v in given.items() if k in RESUMABLE})
+    config = upgrade_stage2_config(load_config(args.config)) if args.config else {}
+    config = apply_run_overrides(config, args, OVERRIDES)
+    if args.precision is not None:
+        config.setdefault("optim", {})["bf16"] = args.precision == "bf16"
     return config
-
-
-def _normalised(value: Any) -> Any:
-    if isinstance(value, (list, tuple)):
-        return [_normalised(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _normalised(v) for k, v in value.items()}
-    return value
 
 
 def _is_folder(data: Any) -> bool:
@@ -179,88 +129,94 @@ def _class_conditioner(data: str, image_size: int, kwargs: dict[str, Any]) -> di
     return {"name": "class_label", "num_classes": len(names), "class_names": list(names)}
 
 
-def new_run_config(args: argparse.Namespace, given: dict[str, Any]) -> dict[str, Any]:
+def new_run_config(args: argparse.Namespace, config: dict[str, Any]) -> dict[str, Any]:
     """The config of a new run: flags over --config, with defaults from the tokenizer and
     the data (image size, crops per image, class names)."""
     from taming_plugins.training.artifacts import tokenizer_image_size
 
-    config = dict(given)
-    if "out_dir" not in config:
-        raise ValueError("--out is required (or out_dir in --config)")
+    parser: argparse.ArgumentParser = args._parser
+    if "out" not in config.get("train", {}):
+        parser.error("--out is required (or train.out in --config)")
     if "tokenizer" not in config:
-        raise ValueError("--tokenizer is required (or tokenizer in --config)")
-    if "image_size" not in config:
+        parser.error("--tokenizer is required (or tokenizer in --config)")
+    data = config.setdefault("data", {})
+    if "image_size" not in data:
         size = tokenizer_image_size(config["tokenizer"])
         if size is None:
             raise ValueError(f"{config['tokenizer']}: cannot tell the size the tokenizer was trained at; "
                              "give --image-size")
-        config["image_size"] = size
-    data = config.setdefault("data", DEFAULT_DATA)
-    kwargs = dict(config.get("data_kwargs") or {})
-    if _is_folder(data):
+        data["image_size"] = size
+    spec = data.setdefault("train", DEFAULT_DATA)
+    kwargs = dict(data.get("train_kwargs") or {})
+    if _is_folder(spec):
         kwargs.setdefault("crops_per_image", _crops(args.crops_per_image))
     elif args.crops_per_image is not None:
-        raise ValueError(f"--crops-per-image applies to image folders, not {data!r}")
+        raise ValueError(f"--crops-per-image applies to image folders, not {spec!r}")
     if args.conditioner == "class_label":
         kwargs["return_labels"] = True
-        config["conditioner"] = _class_conditioner(data, int(config["image_size"]), kwargs)
+        config["conditioner"] = _class_conditioner(spec, int(data["image_size"]), kwargs)
     elif args.conditioner is not None:
         config["conditioner"] = {"name": args.conditioner}
-    config["data_kwargs"] = kwargs
+    data["train_kwargs"] = kwargs
     return config
 
 
 def _cap_batch(config: dict[str, Any]) -> str:
     """Fit the batch to the data before any tokenizing; returns the line describing the data."""
     from taming_plugins.data import ImageFolder, get_dataset
-    from taming_plugins.training.stage2 import PriorTrainConfig
+    from taming_plugins.training.config import PriorTrainConfig
 
-    cfg = PriorTrainConfig.from_dict(config)
-    dataset = get_dataset(cfg.data, cfg.image_size, split="train", **cfg.data_kwargs)
+    data = PriorTrainConfig.from_dict(config).data
+    dataset = get_dataset(data.train, data.image_size, split="train", **data.train_kwargs)
     n = len(dataset)  # type: ignore[arg-type]
-    if cfg.max_items is not None:
-        n = min(n, cfg.max_items)
-    what = dataset.describe() if isinstance(dataset, ImageFolder) else f"{n} items of {cfg.data}"
-    if cfg.max_items is not None and cfg.max_items < len(dataset):  # type: ignore[arg-type]
+    if data.max_items is not None:
+        n = min(n, data.max_items)
+    what = dataset.describe() if isinstance(dataset, ImageFolder) else f"{n} items of {data.train}"
+    if data.max_items is not None and data.max_items < len(dataset):  # type: ignore[arg-type]
         what += f", first {n} used (--max-items)"
-    if cfg.batch_size > n:
-        print(f"warning: --batch-size {cfg.batch_size} is larger than the {n} training items; "
+    if data.batch_size > n:
+        print(f"warning: --batch-size {data.batch_size} is larger than the {n} training items; "
               f"using batches of {n}", file=sys.stderr)
-        config["batch_size"] = n
+        config.setdefault("data", {})["batch_size"] = n
     return what
 
 
+def _resumed(args: argparse.Namespace, given: dict[str, Any]) -> dict[str, Any]:
+    from ._runs import flag_namer, resumed_config, stored_config
+
+    if args.conditioner is not None or args.crops_per_image is not None:
+        raise ValueError("--conditioner/--crops-per-image cannot change a run being resumed; "
+                         "the run's stored settings are used")
+    out = args.out or (given.get("train") or {}).get("out")
+    stored, ckpt = stored_config(out, args.resume, lambda c: c.get("stage2"))
+    return resumed_config(stored, given, ckpt, flag_namer(OVERRIDES))
+
+
 def run(args: argparse.Namespace) -> int:
-    from taming_core import load_config
     from taming_plugins.training.artifacts import RUN_PIPELINE
     from taming_plugins.training.stage2 import PriorTrainer
 
-    given = _given(args, load_config(args.config) if args.config else {})
-    if args.resume:
-        if args.conditioner is not None or args.crops_per_image is not None:
-            raise ValueError("--conditioner/--crops-per-image cannot change a run being resumed; "
-                             "the run's stored settings are used")
-        config = _resumed_config(args, given)
-        what = None
+    given = _given(args)
+    if args.resume is not None:
+        config, what = _resumed(args, given), None
     else:
         config = new_run_config(args, given)
         what = _cap_batch(config)
-    seed_everything(int(config.get("seed", 0)))
     trainer = PriorTrainer(config)
+    cfg = trainer.config
     if trainer.is_main_process:
         if what is not None:
             print(f"train-prior: {what}; {len(trainer.cache)} token sequences of "
-                  f"{'×'.join(map(str, trainer.cache.grid))} tokens; {trainer.config.steps} steps of "
-                  f"batch {trainer.config.batch_size}")
+                  f"{'×'.join(map(str, trainer.cache.grid))} tokens; {cfg.train.steps} steps of "
+                  f"batch {cfg.data.batch_size}")
         else:
-            print(f"train-prior: resuming {trainer.out_dir} with its stored configuration "
-                  f"(data {trainer.config.data}, batch {trainer.config.batch_size}, "
-                  f"{len(trainer.cache)} token sequences)")
-    metrics = trainer.fit(resume=args.resume or False)
+            print(f"train-prior: resuming {trainer.out} with its stored configuration "
+                  f"(data {cfg.data.train}, batch {cfg.data.batch_size}, {len(trainer.cache)} token sequences)")
+    result = trainer.fit(resume=resume_option(args), overwrite=args.overwrite)
     if trainer.is_main_process:
-        summary = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-        pipeline = trainer.out_dir / RUN_PIPELINE
-        print(f"trained prior to step {trainer.step} ({summary}); checkpoints in {trainer.out_dir}")
+        summary = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items())
+        print(f"trained prior to step {result.step} ({summary}); checkpoints in {trainer.ckpt.directory}")
+        pipeline = trainer.out / RUN_PIPELINE
         if (pipeline / "pipeline.json").is_file():
             print(f"pipeline: {pipeline} (next: taming sample --pipeline {pipeline})")
     return 0
