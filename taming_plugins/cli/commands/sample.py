@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -65,7 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"samples per sampler call (default {DEFAULT_BATCH})")
     p.add_argument("--nrow", type=int, help="images per row of grid.png (default: about square)")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (it shows only on a terminal)")
     add_device_flag(p)
     add_seed_flag(p)
     p.set_defaults(func=run, _parser=p)
@@ -145,7 +146,7 @@ def resolve_label(pipeline: Any, label: Optional[str]) -> Optional[int]:
         return None
     if not isinstance(pipeline.conditioner, ClassLabelConditioner):
         kind = type(pipeline.conditioner).__name__ if pipeline.conditioner is not None else "no conditioner"
-        raise ValueError(f"--label: this pipeline is not class-conditional ({kind})")
+        raise ValueError(f"--label: this pipeline takes no condition ({kind}; not class-conditional)")
     try:
         return pipeline.conditioner.label_of(label)
     except ValueError as exc:
@@ -208,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{source}: the pipeline has no default grid; give --grid H W")
     label = resolve_label(pipeline, args.label)
     per_image = grid[0] * grid[1]
-    bar = tqdm(total=args.n * per_image, desc="sampling", unit="tok", disable=args.no_progress,
+    bar = tqdm(total=args.n * per_image, desc="sampling", unit="tok", disable=args.no_progress or not sys.stderr.isatty(),
                mininterval=1.0, leave=False)
     done, current = [0], [0]  # tokens of finished batches, images in the current batch
 
