@@ -48,13 +48,15 @@ DEFAULT_DATA = "photos"
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "train-prior", help="train a GPT prior over a frozen tokenizer's tokens (stage 2)",
+        "train-prior", help="train a prior (gpt, maskgit, pixelcnn...) over a frozen tokenizer's tokens (stage 2)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tokenizer", help="stage-1 run or checkpoint directory, a `taming convert` "
                    "directory or an original taming .ckpt (stored with the run; not needed with --resume)")
     p.add_argument("--data", help="'photos', 'fashion-mnist' or an image folder (default photos)")
     p.add_argument("--out", help="run directory (checkpoints, samples, metrics, pipeline/)")
     p.add_argument("--config", help="YAML/JSON file with stage-2 options (prior, conditioner, ...)")
+    p.add_argument("--prior", metavar="NAME", help="registered prior: gpt (default), maskgit, pixelcnn, "
+                   "...; options of the config's prior spec that it accepts are kept")
     p.add_argument("--image-size", type=int, help="image side in pixels (default: the size the "
                    "tokenizer was trained at)")
     p.add_argument("--conditioner", choices=CONDITIONERS,
@@ -134,6 +136,8 @@ def new_run_config(args: argparse.Namespace, config: dict[str, Any]) -> dict[str
     the data (image size, crops per image, class names)."""
     from taming_plugins.training.artifacts import tokenizer_image_size
 
+    if args.prior is not None:
+        config["prior"] = _prior_spec(args.prior, config.get("prior"))
     parser: argparse.ArgumentParser = args._parser
     if "out" not in config.get("train", {}):
         parser.error("--out is required (or train.out in --config)")
@@ -190,6 +194,23 @@ def _resumed(args: argparse.Namespace, given: dict[str, Any]) -> dict[str, Any]:
     out = args.out or (given.get("train") or {}).get("out")
     stored, ckpt = stored_config(out, args.resume, lambda c: c.get("stage2"))
     return resumed_config(stored, given, ckpt, flag_namer(OVERRIDES))
+
+
+def _prior_spec(name: str, given: Any) -> dict[str, Any]:
+    """``{"name": name}`` plus the options of the given (or default) prior spec that the
+    named prior accepts (e.g. a gpt's n_layer/n_head/n_embd carry over to maskgit)."""
+    import copy
+    import inspect
+
+    import taming_core
+    from taming_plugins.training.config import DEFAULT_PRIOR
+
+    base = dict(given) if isinstance(given, dict) else copy.deepcopy(DEFAULT_PRIOR)
+    if base.get("name") == name:
+        return base
+    accepted = inspect.signature(taming_core.get("prior", name)).parameters
+    return {"name": name, **{k: v for k, v in base.items()
+                             if k in accepted and k not in ("vocab_size", "block_size")}}
 
 
 def run(args: argparse.Namespace) -> int:
