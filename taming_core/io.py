@@ -16,7 +16,7 @@ import os
 import pickle
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import Any, Iterator, Sequence, Union
 
 import torch
 
@@ -119,11 +119,15 @@ def _reason(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def torch_load_safe(path: PathLike, what: str = "a PyTorch checkpoint") -> Any:
+def torch_load_safe(path: PathLike, what: str = "a PyTorch checkpoint", *,
+                    safe_globals: Sequence[type] = ()) -> Any:
     """``torch.load(..., weights_only=True)`` with readable errors.
 
     Anything that is not a plain tensor/container file (a pickled class, a truncated
     zip, a text file) raises :class:`CheckpointError` naming ``what`` was expected.
+    ``safe_globals`` names the few extra plain-data classes the caller allows (through
+    ``torch.serialization.safe_globals``), e.g. ``argparse.Namespace`` for the ``args``
+    entry of LlamaGen training checkpoints; nothing else is unpickled.
     """
     p = Path(path)
     if not p.is_file():
@@ -133,7 +137,8 @@ def torch_load_safe(path: PathLike, what: str = "a PyTorch checkpoint") -> Any:
     if not head.startswith(_TORCH_MAGIC):
         raise CheckpointError(f"{p}: not {what} (the file is not in a format torch.save writes)")
     try:
-        return torch.load(p, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(list(safe_globals)):
+            return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(f"{p}: refused to load (expected {what}; it holds objects that "
                               f"weights_only loading does not allow: {_reason(exc)})") from None

@@ -217,14 +217,21 @@ def load_taming_checkpoint(ckpt_path: PathLike,
 
     ``VQModel``/``GumbelVQ`` checkpoints give a :class:`TamingCheckpoint`. Checkpoints with
     ``transformer.*`` keys (``Net2NetTransformer``) are handed to
-    ``taming_plugins.compat.net2net.load_net2net(state_dict, config, path)``.
+    ``taming_plugins.compat.net2net.load_net2net(state_dict, config, path)``, LlamaGen
+    files (``vq_ds16_c2i.pt``, ``c2i_B_256.pt``...) to
+    :func:`taming_plugins.compat.llamagen.load_llamagen_state`, which returns a
+    ``LlamaGenCheckpoint`` (there ``config`` may also be a preset name such as ``"GPT-B"``).
 
     Args:
-        ckpt_path: the ``.ckpt`` file (read with ``weights_only=True``).
+        ckpt_path: the ``.ckpt``/``.pt`` file (read with ``weights_only=True``).
         config: the original YAML (path or dict with ``model.target``/``model.params``),
             or None to infer the architecture from key names and tensor shapes.
     """
     state, extra = read_checkpoint(ckpt_path)
+    from . import llamagen  # LlamaGen files (``{"model": ...}``) come through here too
+
+    if llamagen.detect(state) is not None:
+        return llamagen.load_llamagen_state(state, config, ckpt_path, extra)
     if any(k.startswith("transformer.") for k in state):
         from . import net2net  # the prior helper's module; imported only when needed
 
