@@ -95,7 +95,7 @@ PRESETS = (*GPT_PRESETS, *VQ_PRESETS)
 #: LlamaGen's ``downsample_size`` for the released c2i models (vq_ds16 tokens).
 DEFAULT_DOWNSAMPLE = 16
 #: ``c2i_B_256.pt`` / ``c2i_XL_384.pt``: the image size in a released prior's file name.
-FILE_IMAGE_SIZE = re.compile(r"_(\d{3,4})(?:\.[A-Za-z]+)?$")
+FILE_IMAGE_SIZE = re.compile(r"_(\d{2,4})(?:\.[A-Za-z]+)?$")
 #: ModelArgs fields of the GPT the loader uses (others are training settings).
 GPT_ARGS = ("dim", "n_layer", "n_head", "n_kv_head", "multiple_of", "ffn_dim_multiplier",
             "rope_base", "norm_eps", "num_classes", "vocab_size", "cls_token_num", "block_size",
@@ -181,6 +181,28 @@ def to_vqgan_state(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     while f"encoder.conv_blocks.{n_levels}.res.0.conv1.weight" in state:
         n_levels += 1
     return {_vq_key(k, n_levels): v for k, v in state.items()}
+
+
+def _llamagen_vq_key(key: str, n_levels: int) -> str:
+    """The inverse of :func:`_vq_key`."""
+    m = re.fullmatch(r"(encoder|decoder)\.(down|up)\.(\d+)\.(block|attn|downsample|upsample)(\..*)", key)
+    if m:
+        part, level, sub, rest = m.group(1), int(m.group(3)), m.group(4), m.group(5)
+        if part == "decoder":
+            level = n_levels - 1 - level
+        return f"{part}.conv_blocks.{level}.{'res' if sub == 'block' else sub}{rest}"
+    m = re.fullmatch(r"(encoder|decoder)\.mid\.(block_1|attn_1|block_2)(\..*)", key)
+    if m:
+        return f"{m.group(1)}.mid.{('block_1', 'attn_1', 'block_2').index(m.group(2))}{m.group(3)}"
+    return key
+
+
+def from_vqgan_state(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """A ``vqgan`` tokenizer state dict in LlamaGen's VQModel key layout (the way back)."""
+    n_levels = 0
+    while f"encoder.down.{n_levels}.block.0.conv1.weight" in state:
+        n_levels += 1
+    return {_llamagen_vq_key(k, n_levels): v for k, v in state.items()}
 
 
 def load_vq_state(state_dict: Mapping[str, Tensor],
