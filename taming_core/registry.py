@@ -22,6 +22,7 @@ from .errors import RegistryError
 #: Component kinds known to the registry.
 KINDS: tuple[str, ...] = (
     "quantizer", "tokenizer", "prior", "discriminator", "sampler", "loss", "conditioner",
+    "checkpoint_format",
 )
 
 BUILTIN_DISTRIBUTION = "taming"

@@ -37,8 +37,13 @@ SAMPLER_OPTIONS = ("temperature", "top_k", "top_p", "window", "policy")
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="sample images from a saved pipeline (PNG files + a grid)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--pipeline", required=True, metavar="DIR", help="directory written by Pipeline.save "
-                   "(e.g. runs/demo/pipeline)")
+    p.add_argument("--pipeline", required=True, metavar="REF", help="directory written by Pipeline.save "
+                   "(e.g. runs/demo/pipeline), a Hub repo owner/name[@rev], or an original prior file "
+                   "(local or hf://owner/name/file.pt; then also --tokenizer)")
+    p.add_argument("--tokenizer", metavar="REF", help="tokenizer file or Hub reference for a prior-only "
+                   "--pipeline file (e.g. hf://FoundationVision/LlamaGen/vq_ds16_c2i.pt)")
+    p.add_argument("--config", metavar="CFG", help="the original file's config (LlamaGen preset name or "
+                   "ModelArgs JSON/YAML; taming YAML)")
     p.add_argument("--n", type=int, default=DEFAULT_N, help=f"number of samples (default {DEFAULT_N})")
     p.add_argument("--grid", type=int, nargs=2, metavar=("H", "W"),
                    help="token grid (default: the pipeline's grid)")
@@ -122,7 +127,8 @@ def run(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     seed_everything(args.seed)
-    pipeline = taming_core.Pipeline.load(args.pipeline, map_location=device)
+    pipeline = taming_core.Pipeline.from_pretrained(args.pipeline, tokenizer=args.tokenizer,
+                                                    config=args.config, map_location=device)
     if pipeline.prior is None:
         raise ValueError(f"{args.pipeline}: this pipeline has no prior; nothing to sample")
     grid = tuple(args.grid) if args.grid is not None else pipeline.grid

@@ -1,0 +1,147 @@
+"""Pretrained pipelines from local directories and from the Hugging Face cache.
+
+The Hub tests lay out a cache in the standard layout (``models--owner--name/blobs``,
+``snapshots/<commit>``, ``refs/<branch>``) under a temporary directory and run the real
+``huggingface_hub`` client with ``HF_HUB_OFFLINE=1``: nothing goes to the network and
+nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import taming_core
+from taming_core import Pipeline, Prior, Tokenizer
+from taming_core.errors import CheckpointError, ValidationError
+from taming_core.hub import HubRef, parse_ref, read_card
+
+pytest.importorskip("huggingface_hub")
+
+REF = Path(__file__).parent / "fixtures" / "llamagen_reference"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+LLAMAGEN = "FoundationVision/LlamaGen"
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def lay_out_hub_cache(cache: Path, repo_id: str, files: dict[str, Path], *, commit: str = COMMIT,
+                      ref: str = "main") -> Path:
+    """Put ``files`` (name in repo -> local file) into ``cache`` the way huggingface_hub
+    stores a download: content-addressed blobs, a snapshot of symlinks, a ref file."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / ref).write_text(commit)
+    for name, src in files.items():
+        data = Path(src).read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = repo / "snapshots" / commit / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.exists():
+            link.symlink_to(os.path.relpath(blob, link.parent))
+    return cache
+
+
+@pytest.fixture
+def offline_cache(tmp_path, monkeypatch) -> Path:
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    lay_out_hub_cache(cache, LLAMAGEN, {"c2i_T_64.pt": REF / "llamagen_c2i_tiny.pt",
+                                        "vq_ds16_c2i.pt": REF / "llamagen_vq_tiny.pt"})
+    return cache
+
+
+def _greedy_cfg(pipe: Pipeline) -> taming_core.Sampler:
+    return taming_core.create("sampler", "autoregressive", greedy=True, guidance_scale=4.0,
+                              null_condition=torch.tensor([[pipe.prior.null_token]]), vocab_limit=64)
+
+
+def test_parse_ref(tmp_path):
+    assert parse_ref("owner/name") == HubRef("owner/name")
+    assert parse_ref("owner/name@v1.0") == HubRef("owner/name", "v1.0")
+    assert parse_ref("hf://owner/name@abc/sub/file.pt") == HubRef("owner/name", "abc", "sub/file.pt")
+    assert parse_ref("owner/name", revision="r", filename="f.pt") == HubRef("owner/name", "r", "f.pt")
+    assert parse_ref(tmp_path) == tmp_path
+    with pytest.raises(CheckpointError, match="not a Hub reference"):
+        parse_ref("no/such/local/dir")
+    with pytest.raises(ValidationError, match="revision"):
+        parse_ref("owner/name@a", revision="b")
+
+
+def test_llamagen_from_offline_hub_cache(offline_cache):
+    """A LlamaGen prior file + tokenizer file from the cache give LlamaGen's greedy samples."""
+    io = torch.load(REF / "llamagen_c2i_tiny.io.pt", weights_only=True)
+    pipe = Pipeline.from_pretrained(f"hf://{LLAMAGEN}/c2i_T_64.pt", tokenizer=f"hf://{LLAMAGEN}/vq_ds16_c2i.pt",
+                                    config={"n_head": 4, "block_size": 16})
+    assert pipe.grid == (4, 4) and pipe.cond_offset == 64
+    _, tokens = pipe.generate(3, condition=io["cond"], sampler=_greedy_cfg(pipe), return_tokens=True)
+    assert torch.equal(tokens.reshape(3, 16), io["greedy_cfg4"])
+    assert pipe.card_info["license"] == "mit"
+    prior = Prior.from_pretrained(f"hf://{LLAMAGEN}@main/c2i_T_64.pt", config={"n_head": 4, "block_size": 16})
+    tok = Tokenizer.from_pretrained(LLAMAGEN, filename="vq_ds16_c2i.pt", revision=COMMIT)
+    assert prior.num_classes == 10 and tok.vocab_size == 64
+
+
+def test_missing_file_offline_is_one_line(offline_cache):
+    with pytest.raises(CheckpointError, match="HF_HUB_OFFLINE") as err:
+        Tokenizer.from_pretrained(f"hf://{LLAMAGEN}/vq_ds8_c2i.pt")
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValidationError, match="holds no tokenizer"):
+        Pipeline.from_pretrained(f"hf://{LLAMAGEN}/c2i_T_64.pt", config={"n_head": 4})
+
+
+def test_save_pretrained_and_our_format_on_the_hub(offline_cache, tmp_path):
+    """save_pretrained writes our format + a model card; the directory and the same files
+    served from the Hub cache at a tag both load back with equal weights."""
+    pipe = Pipeline.from_pretrained(REF / "llamagen_c2i_tiny.pt", tokenizer=REF / "llamagen_vq_tiny.pt",
+                                    config=REF / "llamagen_c2i_tiny.json")
+    out = pipe.save_pretrained(tmp_path / "saved", metrics={"fid": 99.0})
+    card = (out / "README.md").read_text()
+    assert read_card(out)["license"] == "mit" and read_card(out)["library_name"] == "taming"
+    assert "| fid | 99.0 |" in card and "imagenet-1k" in card and '"name": "llamagen"' in card
+    local = Pipeline.from_pretrained(out)
+    files = {name: out / name for name in ("pipeline.json", "pipeline.safetensors", "README.md")}
+    lay_out_hub_cache(offline_cache, "me/tiny-llamagen", files, ref="v1", commit="f" * 40)
+    hub = Pipeline.from_pretrained("me/tiny-llamagen@v1")
+    for loaded in (local, hub):
+        for key, value in pipe.state_dict().items():
+            assert torch.equal(loaded.state_dict()[key], value), key
+    assert hub.card_info["license"] == "mit"
+    assert Prior.from_pretrained("me/tiny-llamagen@v1").num_classes == 10
+    with pytest.raises(CheckpointError, match="HF_HUB_OFFLINE"):
+        pipe.push_to_hub("me/tiny-llamagen")
+
+
+def test_taming_sample_with_llamagen_files(offline_cache, tmp_path):
+    """`taming convert` of a LlamaGen prior (+ tokenizer) writes a pipeline, and `taming
+    sample` draws from it and from the Hub files directly (a subprocess: HF_HUB_OFFLINE
+    as the client reads it at import)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    c2i = tmp_path / "c2i_T_64.pt"
+    shutil.copy(REF / "llamagen_c2i_tiny.pt", c2i)
+    cfg = '{"n_head": 4}'
+    cmds = [
+        ["convert", str(c2i), str(tmp_path / "pipe"), "--tokenizer", str(REF / "llamagen_vq_tiny.pt"),
+         "--config", str(tmp_path / "cfg.json")],
+        ["sample", "--pipeline", str(tmp_path / "pipe"), "--n", "2", "--label", "3", "--out",
+         str(tmp_path / "a"), "--device", "cpu"],
+        ["sample", "--pipeline", f"hf://{LLAMAGEN}/c2i_T_64.pt", "--tokenizer",
+         f"hf://{LLAMAGEN}/vq_ds16_c2i.pt", "--config", str(tmp_path / "cfg.json"), "--n", "2",
+         "--label", "3", "--out", str(tmp_path / "b"), "--device", "cpu"],
+    ]
+    (tmp_path / "cfg.json").write_text(cfg)
+    for cmd in cmds:
+        res = subprocess.run([sys.executable, "-m", "taming_plugins.cli", *cmd], env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stderr
+    assert (tmp_path / "pipe" / "README.md").is_file()
+    assert (tmp_path / "a" / "grid.png").is_file() and (tmp_path / "b" / "grid.png").is_file()
