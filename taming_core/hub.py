@@ -82,8 +82,9 @@ def parse_ref(ref: Union[str, os.PathLike], *, revision: Optional[str] = None,
             return Path(text).expanduser()
         m = _REPO_REF.match(text)
         if m is None:
-            raise CheckpointError(f"{text}: no such file or directory, and not a Hub reference "
-                                  f"(owner/name[@revision] or {HUB_SCHEME}owner/name[@revision]/file)")
+            raise CheckpointError(f"{text}: not a saved pipeline, an original file or a Hub reference "
+                                  f"(no such path; Hub references are owner/name[@revision] or "
+                                  f"{HUB_SCHEME}owner/name[@revision]/file)")
         rev, file = m.group(2), None
     if revision is not None and rev is not None and revision != rev:
         raise ValidationError(f"from_pretrained: {text!r} names revision {rev!r} but revision={revision!r}")

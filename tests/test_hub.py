@@ -71,7 +71,7 @@ def test_parse_ref(tmp_path):
     assert parse_ref("hf://owner/name@abc/sub/file.pt") == HubRef("owner/name", "abc", "sub/file.pt")
     assert parse_ref("owner/name", revision="r", filename="f.pt") == HubRef("owner/name", "r", "f.pt")
     assert parse_ref(tmp_path) == tmp_path
-    with pytest.raises(CheckpointError, match="not a Hub reference"):
+    with pytest.raises(CheckpointError, match="not a saved pipeline"):
         parse_ref("no/such/local/dir")
     with pytest.raises(ValidationError, match="revision"):
         parse_ref("owner/name@a", revision="b")

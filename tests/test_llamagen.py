@@ -221,3 +221,38 @@ def test_config_roundtrip_loss_and_validation():
         prior(torch.cat([cond[:1], torch.zeros(1, 5, dtype=torch.long)], dim=1))
     with pytest.raises(ValidationError, match="preset"):
         LlamaGenPrior(preset="GPT-Z")
+
+
+def test_trains_through_the_stage2_trainer(tmp_path):
+    """The stage-2 trainer drives the llamagen prior (class labels through class_label,
+    guidance dropout through the trainer), and its samples come out."""
+    from torch.utils.data import Dataset
+
+    from taming_plugins.data import BundledPhotos
+    from taming_plugins.training.stage2 import PriorTrainConfig, PriorTrainer
+
+    class Labelled(Dataset):
+        def __init__(self) -> None:
+            self.photos = BundledPhotos(8, length=16, seed=0)
+
+        def __len__(self) -> int:
+            return len(self.photos)
+
+        def __getitem__(self, i):
+            return self.photos[i], i % 3
+
+    tokenizer = taming_core.create("tokenizer", "vqgan", ch=32, ch_mult=[1, 1], num_res_blocks=1,
+                                   attn_resolutions=[], z_channels=8, resolution=8, embed_dim=8,
+                                   n_embed=32, quantizer={"name": "vq"}).eval()
+    prior = {"name": "llamagen", "image_vocab_size": 32, "num_classes": 3, "grid_size": 4,
+             "n_layer": 1, "n_head": 2, "dim": 32, "multiple_of": 16}
+    cfg = PriorTrainConfig(out_dir=str(tmp_path / "run"), steps=4, batch_size=8, prior=prior, lr=3e-3,
+                           log_every=1, ckpt_every=4, sample_every=1000, num_samples=2, progress=False,
+                           device="cpu", seed=0, cache_dir=str(tmp_path / "cache"), cfg_drop=0.2,
+                           conditioner={"name": "class_label", "num_classes": 3})
+    trainer = PriorTrainer(cfg, dataset=Labelled(), tokenizer=tokenizer)
+    metrics = trainer.fit()
+    assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
+    assert trainer.write_samples(tmp_path / "samples.png").is_file()
+    with pytest.raises(ValidationError, match="vocab_size"):
+        LlamaGenPrior(32, 3, 4, n_layer=1, n_head=2, dim=32, vocab_size=40)

@@ -229,6 +229,8 @@ class LlamaGenPrior(AutoregressivePrior):
         cond_offset: id of class 0 in the prior's vocabulary (default ``image_vocab_size``).
         token_dropout_p, attn_dropout_p, resid_dropout_p, ffn_dropout_p: dropout rates
             (training only).
+        vocab_size, block_size: the sizes a token layout needs (the stage-2 trainer passes
+            them); each must equal what the arguments above give. Not part of the config.
     """
 
     def __init__(self, image_vocab_size: int = 16384, num_classes: int = 1000, grid_size: int = 16, *,
@@ -239,7 +241,8 @@ class LlamaGenPrior(AutoregressivePrior):
                  rope_base: float = 10000.0, norm_eps: float = 1e-5,
                  cond_offset: Optional[int] = None, token_dropout_p: float = 0.0,
                  attn_dropout_p: float = 0.0, resid_dropout_p: float = 0.0,
-                 ffn_dropout_p: float = 0.0) -> None:
+                 ffn_dropout_p: float = 0.0, vocab_size: Optional[int] = None,
+                 block_size: Optional[int] = None) -> None:
         super().__init__()
         arch: dict[str, Optional[int]] = {"n_layer": None, "n_head": None, "dim": None}
         if preset is not None:
@@ -290,6 +293,14 @@ class LlamaGenPrior(AutoregressivePrior):
         self.register_buffer("rope", rope_table_2d(grid_size, dim // n_head, float(rope_base),
                                                    CLS_TOKEN_NUM), persistent=False)
         self.reset_parameters()
+        # The stage-2 trainer passes the sizes its token layout needs: they must agree.
+        for given, own, name in ((vocab_size, self.vocab_size, "vocab_size"),
+                                 (block_size, self.block_size, "block_size")):
+            if given is not None and given != own:
+                raise ValidationError(
+                    f"llamagen({name}): the token layout needs {given}, but image_vocab_size="
+                    f"{image_vocab_size}, num_classes={num_classes}, grid_size={grid_size} give {own} "
+                    f"(vocab_size = cond_offset + num_classes + 1, block_size = 1 + grid_size²)")
 
     def reset_parameters(self) -> None:
         """LlamaGen initialisation: N(0, 0.02) Linear/Embedding weights, a zero output head."""
@@ -424,6 +435,12 @@ class LlamaGenPrior(AutoregressivePrior):
         logits = self._run(tokens, start, cache)
         cache.length = start + t
         return logits
+
+    def configure_optimizers(self, lr: float, weight_decay: float = 0.05,
+                             betas: tuple[float, float] = (0.9, 0.95)) -> torch.optim.AdamW:
+        """AdamW as LlamaGen trains (decay on weights of 2+ dims, none on norm scales)."""
+        check_positive(lr, "llamagen.configure_optimizers(lr)", integer=False)
+        return torch.optim.AdamW(self.parameter_groups(weight_decay), lr=lr, betas=betas)
 
     def extra_repr(self) -> str:
         c = self._config
