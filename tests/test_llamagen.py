@@ -256,3 +256,15 @@ def test_trains_through_the_stage2_trainer(tmp_path):
     assert trainer.write_samples(tmp_path / "samples.png").is_file()
     with pytest.raises(ValidationError, match="vocab_size"):
         LlamaGenPrior(32, 3, 4, n_layer=1, n_head=2, dim=32, vocab_size=40)
+
+
+@pytest.mark.parametrize("policy", ["taming", "cached"])
+def test_sliding_window_and_filters_drive_the_prior(gpt, policy):
+    """Grids larger than the prior's 4×4 window, with guidance and top-k; ids stay image ids."""
+    prior = gpt.prior
+    sampler = taming_core.create("sampler", "sliding_window", window=4, policy=policy, top_k=8,
+                                 vocab_limit=64, guidance_scale=2.0,
+                                 null_condition=torch.tensor([[prior.null_token]]))
+    out = sampler.sample(prior, (6, 5), batch_size=2, condition=prior.class_tokens(torch.tensor([1, 2])),
+                         generator=torch.Generator().manual_seed(0))
+    assert out.shape == (2, 6, 5) and int(out.max()) < 64 and int(out.min()) >= 0
