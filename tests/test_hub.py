@@ -121,27 +121,30 @@ def test_save_pretrained_and_our_format_on_the_hub(offline_cache, tmp_path):
         pipe.push_to_hub("me/tiny-llamagen")
 
 
-def test_taming_sample_with_llamagen_files(offline_cache, tmp_path):
-    """`taming convert` of a LlamaGen prior (+ tokenizer) writes a pipeline, and `taming
-    sample` draws from it and from the Hub files directly (a subprocess: HF_HUB_OFFLINE
-    as the client reads it at import)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+def test_taming_sample_with_llamagen_files(offline_cache, tmp_path, capsys):
+    """`taming convert` of a LlamaGen prior (+ tokenizer) writes a pipeline, a VQ file alone a
+    tokenizer-only one; `taming sample` draws from the pipeline and from the Hub files
+    directly (that run in a subprocess, where HF_HUB_OFFLINE is set before the client is
+    imported)."""
+    from taming_plugins.cli import main
+
     c2i = tmp_path / "c2i_T_64.pt"
     shutil.copy(REF / "llamagen_c2i_tiny.pt", c2i)
-    cfg = '{"n_head": 4}'
-    cmds = [
-        ["convert", str(c2i), str(tmp_path / "pipe"), "--tokenizer", str(REF / "llamagen_vq_tiny.pt"),
-         "--config", str(tmp_path / "cfg.json")],
-        ["sample", "--pipeline", str(tmp_path / "pipe"), "--n", "2", "--label", "3", "--out",
-         str(tmp_path / "a"), "--device", "cpu"],
-        ["sample", "--pipeline", f"hf://{LLAMAGEN}/c2i_T_64.pt", "--tokenizer",
-         f"hf://{LLAMAGEN}/vq_ds16_c2i.pt", "--config", str(tmp_path / "cfg.json"), "--n", "2",
-         "--label", "3", "--out", str(tmp_path / "b"), "--device", "cpu"],
-    ]
-    (tmp_path / "cfg.json").write_text(cfg)
-    for cmd in cmds:
-        res = subprocess.run([sys.executable, "-m", "taming_plugins.cli", *cmd], env=env,
-                             capture_output=True, text=True, timeout=120)
-        assert res.returncode == 0, res.stderr
+    (tmp_path / "cfg.json").write_text('{"n_head": 4}')
+    assert main(["convert", str(c2i), str(tmp_path / "pipe"), "--tokenizer", str(REF / "llamagen_vq_tiny.pt"),
+                 "--config", str(tmp_path / "cfg.json")]) == 0
+    assert main(["convert", str(REF / "llamagen_vq_tiny.pt"), str(tmp_path / "tok")]) == 0
+    assert Pipeline.from_pretrained(tmp_path / "tok").prior is None
+    assert main(["sample", "--pipeline", str(tmp_path / "pipe"), "--n", "2", "--label", "3", "--out",
+                 str(tmp_path / "a"), "--device", "cpu"]) == 0
+    assert main(["convert", str(c2i), str(tmp_path / "bad"), "--config", str(tmp_path / "cfg.json")]) == 1
+    assert "holds no tokenizer" in capsys.readouterr().err
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-m", "taming_plugins.cli", "sample", "--pipeline",
+                          f"hf://{LLAMAGEN}/c2i_T_64.pt", "--tokenizer", f"hf://{LLAMAGEN}/vq_ds16_c2i.pt",
+                          "--config", str(tmp_path / "cfg.json"), "--n", "2", "--label", "3", "--out",
+                          str(tmp_path / "b"), "--device", "cpu"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
     assert (tmp_path / "pipe" / "README.md").is_file()
     assert (tmp_path / "a" / "grid.png").is_file() and (tmp_path / "b" / "grid.png").is_file()
