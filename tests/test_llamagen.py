@@ -268,3 +268,14 @@ def test_sliding_window_and_filters_drive_the_prior(gpt, policy):
     out = sampler.sample(prior, (6, 5), batch_size=2, condition=prior.class_tokens(torch.tensor([1, 2])),
                          generator=torch.Generator().manual_seed(0))
     assert out.shape == (2, 6, 5) and int(out.max()) < 64 and int(out.min()) >= 0
+
+
+def test_benchmark_baseline_is_llamagens_loop(gpt):
+    """benchmarks/_llamagen_ref.py (the sampling benchmark's baseline) reproduces LlamaGen's
+    greedy outputs, so its speed ratio compares equal work."""
+    from benchmarks._llamagen_ref import LlamaGenLoop
+
+    io = _io("llamagen_c2i_tiny")
+    loop = LlamaGenLoop(gpt.prior)
+    assert torch.equal(loop.generate(io["cond"], 16), io["greedy"])
+    assert torch.equal(loop.generate(io["cond"], 16, 4.0), io["greedy_cfg4"])

@@ -372,7 +372,9 @@ class LlamaGenPrior(AutoregressivePrior):
             raise ValidationError(f"{name}: positions {start}..{start + t - 1} exceed the block size "
                                   f"{self.block_size} of this prior (1 class token + "
                                   f"{self._config['grid_size']}² image tokens)")
-        if check_values:  # entry points only: these comparisons synchronise with the device
+        # Value checks only on CPU tensors and outside one-token steps: on an accelerator
+        # they would synchronise with the device on every training step.
+        if check_values and tokens.device.type == "cpu":
             if start == 0 and t > 0:
                 check_tensor(tokens[:, :1], f"{name}[:, 0] (the class token)", dtype="long",
                              value_range=(self.cond_offset, self.null_token))
