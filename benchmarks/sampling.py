@@ -1,4 +1,4 @@
-"""Sampling speed of the ``gpt`` prior: original loops versus our samplers.
+"""Sampling speed of the ``gpt`` and ``llamagen`` priors: original loops versus our samplers.
 
 Run ``python -m benchmarks.sampling [--quick] [--threads 2]``. Writes
 ``benchmarks/results/sampling.json`` and ``sampling.md``.
