@@ -341,12 +341,14 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--llamagen-grid", type=int, default=GRID[0], help="llamagen grid side (default 16)")
     parser.add_argument("--llamagen-batches", type=int, nargs="+", default=list(BATCHES),
                         help="llamagen batch sizes (default 1 16)")
+    parser.add_argument("--llamagen-name", default="sampling_llamagen",
+                        help="results name with --llamagen-only (default sampling_llamagen)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
     if args.llamagen_only:
         rows = llamagen_rows(args.llamagen_grid, args.repeats, tuple(args.llamagen_batches))
-        write_results("sampling_llamagen", rows, columns=LLAMAGEN_COLUMNS,
+        write_results(args.llamagen_name, rows, columns=LLAMAGEN_COLUMNS,
                       title="Sampling speed: LlamaGen's generate loop vs ours (llamagen prior, GPT-B shape)",
                       notes=llamagen_notes(args), meta={"model": LLAMAGEN_B, "threads": args.threads,
                                                         "grid": args.llamagen_grid, "cfg": LLAMAGEN_CFG})
