@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import taming_core
 from taming_core import Pipeline, Prior, Tokenizer
@@ -148,3 +150,15 @@ def test_taming_sample_with_llamagen_files(offline_cache, tmp_path, capsys):
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "pipe" / "README.md").is_file()
     assert (tmp_path / "a" / "grid.png").is_file() and (tmp_path / "b" / "grid.png").is_file()
+
+
+_NAME = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,12}", fullmatch=True)
+
+
+@settings(max_examples=30, deadline=None)
+@given(owner=_NAME, name=_NAME, revision=st.none() | st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,8}", fullmatch=True),
+       filename=st.none() | st.from_regex(r"[a-z0-9_]{1,8}(/[a-z0-9_]{1,8})?\.(pt|ckpt)", fullmatch=True))
+def test_hub_refs_round_trip(owner, name, revision, filename):
+    """str(HubRef) parses back to the same reference."""
+    ref = HubRef(f"{owner}/{name}", revision, filename)
+    assert parse_ref(str(ref)) == ref

@@ -279,3 +279,20 @@ def test_benchmark_baseline_is_llamagens_loop(gpt):
     loop = LlamaGenLoop(gpt.prior)
     assert torch.equal(loop.generate(io["cond"], 16), io["greedy"])
     assert torch.equal(loop.generate(io["cond"], 16, 4.0), io["greedy_cfg4"])
+
+
+@settings(max_examples=5, deadline=None)
+@given(levels=st.integers(1, 4), blocks=st.integers(1, 2))
+def test_vq_key_mapping_is_a_bijection(levels, blocks):
+    """Our vqgan keys -> LlamaGen's layout -> ours is the identity, and the LlamaGen side
+    uses only LlamaGen's module names, for any depth and number of res blocks."""
+    res = 2 ** (levels - 1)
+    tok = taming_core.create("tokenizer", "vqgan", ch=32, ch_mult=[1] * levels, num_res_blocks=blocks,
+                             attn_resolutions=[1], resolution=res, z_channels=8, embed_dim=4,
+                             quantizer={"name": "vq", "codebook_size": 8, "dim": 4})
+    ours = list(tok.state_dict())
+    theirs = list(from_vqgan_state(tok.state_dict()))
+    assert len(set(theirs)) == len(ours)
+    assert list(to_vqgan_state(dict.fromkeys(theirs, torch.zeros(1)))) == ours
+    assert not any(".down." in k or ".up." in k or "block_1" in k for k in theirs)
+    assert f"decoder.conv_blocks.0.attn.{blocks}.q.weight" in theirs        # coarsest level first
