@@ -227,8 +227,9 @@ def load_pipeline(cls: type, ref: Any, *, tokenizer: Any = None, config: Any = N
     """
     pipe, parts = _pipeline_parts(ref, config, revision, filename, cache_dir, map_location)
     if pipe is not None:
-        if tokenizer is not None:
-            raise ValidationError("from_pretrained(tokenizer): a saved pipeline brings its own tokenizer")
+        if tokenizer is not None or config is not None:
+            raise ValidationError("from_pretrained: a saved pipeline brings its own tokenizer and "
+                                  "config; tokenizer= and config= apply to original files only")
         return pipe
     card = dict(parts.pop("card", {}))
     if tokenizer is not None:
