@@ -177,8 +177,8 @@ def read_card(directory: Path) -> dict[str, Any]:
 
 
 def load_parts(path: Path, config: Any = None) -> dict[str, Any]:
-    """Pipeline parts of a local original file, read by the first registered
-    ``checkpoint_format`` that accepts it."""
+    """Pipeline parts of a local original file (or a directory in another format, such as
+    ``taming convert``'s), read by the first registered ``checkpoint_format`` that accepts it."""
     from .interfaces import CheckpointFormat
     from .registry import available, create
 
@@ -204,10 +204,7 @@ def _pipeline_parts(ref: Any, config: Any, revision: Optional[str], filename: Op
         pipe = Pipeline.load(path, map_location=map_location)
         pipe.card_info = read_card(path)
         return pipe, {}
-    if path.is_dir():
-        raise CheckpointError(f"{path}: a directory without pipeline.json; expected a saved pipeline "
-                              "or an original checkpoint file")
-    return None, load_parts(path, config)
+    return None, load_parts(path, config)  # a file, or a directory another format reads
 
 
 def load_pipeline(cls: type, ref: Any, *, tokenizer: Any = None, config: Any = None,

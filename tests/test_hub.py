@@ -162,3 +162,34 @@ def test_hub_refs_round_trip(owner, name, revision, filename):
     """str(HubRef) parses back to the same reference."""
     ref = HubRef(f"{owner}/{name}", revision, filename)
     assert parse_ref(str(ref)) == ref
+
+
+def test_taming_ckpt_with_its_yaml_from_the_hub_cache(offline_cache, tmp_path):
+    """An original taming .ckpt and its YAML, both Hub references, load as a tokenizer."""
+    from taming_plugins.compat import save_taming_checkpoint
+
+    tok = taming_core.create("tokenizer", "vqgan", ch=32, ch_mult=[1, 2], num_res_blocks=1,
+                             attn_resolutions=[], z_channels=8, resolution=16, embed_dim=4, n_embed=32,
+                             quantizer={"name": "vq"}).eval()
+    save_taming_checkpoint(tmp_path / "last.ckpt", tok, config_path=tmp_path / "model.yaml")
+    lay_out_hub_cache(offline_cache, "me/vqgan-tiny", {"checkpoints/last.ckpt": tmp_path / "last.ckpt",
+                                                        "configs/model.yaml": tmp_path / "model.yaml"})
+    loaded = Tokenizer.from_pretrained("hf://me/vqgan-tiny/checkpoints/last.ckpt",
+                                       config="hf://me/vqgan-tiny/configs/model.yaml")
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(loaded.encode(x).indices, tok.encode(x).indices)
+
+
+def test_converted_directory_and_unknown_directory(tmp_path):
+    from taming_plugins.compat import load_taming_checkpoint, save_converted, save_taming_checkpoint
+
+    tok = taming_core.create("tokenizer", "vqgan", ch=32, ch_mult=[1, 2], num_res_blocks=1,
+                             attn_resolutions=[], z_channels=8, resolution=16, embed_dim=4, n_embed=32,
+                             quantizer={"name": "vq"}).eval()
+    save_taming_checkpoint(tmp_path / "last.ckpt", tok)
+    out = save_converted(tmp_path / "conv", load_taming_checkpoint(tmp_path / "last.ckpt"))
+    assert Tokenizer.from_pretrained(out).vocab_size == 32
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="neither a saved pipeline"):
+        Pipeline.from_pretrained(tmp_path / "empty")

@@ -12,7 +12,9 @@ returns into ``Pipeline`` keyword arguments:
   an ``autoregressive`` sampler limited to image ids, the square ``grid`` and the
   prior's ``cond_offset``; the tokenizer comes from another file.
 
-Each also gives ``card``: licence and source for the model card.
+Each also gives ``card``: licence and source for the model card. The ``converted``
+format reads directories written by ``taming convert`` (``model.safetensors`` +
+``config.json``) the same way.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ import taming_core
 from taming_core import CheckpointFormat, register
 from taming_core.errors import CheckpointError
 
+from .converted import CONFIG_FILE as CONVERTED_CONFIG
+from .converted import WEIGHTS_FILE as CONVERTED_WEIGHTS
+from .converted import load_converted
 from .llamagen import GPT_KIND, LlamaGenCheckpoint
 from .net2net import Net2NetCheckpoint
 from .vqgan import TamingCheckpoint, load_taming_checkpoint
@@ -73,3 +78,15 @@ class OriginalCheckpoints(CheckpointFormat):
 
     def load_parts(self, path: Any, *, config: Any = None) -> dict[str, Any]:
         return pipeline_parts(load_taming_checkpoint(path, config), str(path))
+
+
+@register("checkpoint_format", "converted")
+class ConvertedCheckpoints(CheckpointFormat):
+    """Directories written by ``taming convert`` from a taming VQGAN/GumbelVQ."""
+
+    def accepts(self, path: Any) -> bool:
+        p = Path(path)
+        return p.is_dir() and (p / CONVERTED_CONFIG).is_file() and (p / CONVERTED_WEIGHTS).is_file()
+
+    def load_parts(self, path: Any, *, config: Any = None) -> dict[str, Any]:
+        return pipeline_parts(load_converted(path), str(path))
