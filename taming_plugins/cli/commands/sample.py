@@ -4,6 +4,8 @@ Usage::
 
     taming sample --pipeline runs/demo/pipeline --n 16 --out samples
     taming sample --pipeline DIR --grid 16 16 --sampler sliding_window --window 8 --top-k 64
+    taming sample --pipeline hf://FoundationVision/LlamaGen/c2i_B_256.pt \
+        --tokenizer hf://FoundationVision/LlamaGen/vq_ds16_c2i.pt --label 207 --guidance-scale 4
 
 Writes OUT/sample_0000.png ... and OUT/grid.png. Batch ``i`` is drawn with seed
 ``--seed + i``, so a run is reproducible. The pipeline's own sampler is used unless
@@ -54,6 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--window", type=int, help="sliding_window: window edge in tokens")
     p.add_argument("--policy", choices=("taming", "cached"), help="sliding_window: window placement")
     p.add_argument("--label", type=int, help="class id for a class-conditional pipeline")
+    p.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale (with --label; "
+                   "the unconditional branch uses the conditioner's null condition)")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH,
                    help=f"samples per sampler call (default {DEFAULT_BATCH})")
     p.add_argument("--nrow", type=int, help="images per row of grid.png (default: about square)")
@@ -82,6 +86,8 @@ def build_sampler(pipeline: Any, args: argparse.Namespace, grid: tuple[int, int]
     import taming_core
 
     options = {k: getattr(args, k) for k in SAMPLER_OPTIONS if getattr(args, k) is not None}
+    if getattr(args, "guidance_scale", None) is not None:  # absent from hand-made Namespaces
+        options["guidance_scale"] = args.guidance_scale
     name = args.sampler
     block = pipeline.prior.block_size
     cond_len = 1 if pipeline.conditioner is not None else 0
@@ -105,7 +111,19 @@ def build_sampler(pipeline: Any, args: argparse.Namespace, grid: tuple[int, int]
         default_grid = pipeline.grid or grid
         spec["window"] = min(default_grid)
     spec.setdefault("vocab_limit", pipeline.tokenizer.vocab_size)
+    if spec.get("guidance_scale", 1.0) != 1.0:
+        spec["null_condition"] = _null_condition(pipeline, args.label)
     return taming_core.create("sampler", name, **spec)
+
+
+def _null_condition(pipeline: Any, label: Optional[int]) -> Any:
+    """The guidance null condition: the conditioner's null id in place of each token of
+    --label's condition tokens (shifted like them)."""
+    if label is None or pipeline.conditioner is None or pipeline.conditioner.null_id is None:
+        raise ValueError("--guidance-scale needs --label and a conditioner with a null condition "
+                         "(e.g. class_label with null_token)")
+    tokens = pipeline.condition_tokens(_condition(pipeline, label, 1), 1)
+    return pipeline.conditioner.null_condition(tokens - pipeline.cond_offset) + pipeline.cond_offset
 
 
 def _condition(pipeline: Any, label: Optional[int], n: int) -> Any:
