@@ -230,7 +230,9 @@ def load_pipeline(cls: type, ref: Any, *, tokenizer: Any = None, config: Any = N
         return pipe
     card = dict(parts.pop("card", {}))
     if tokenizer is not None:
-        _, tparts = _pipeline_parts(tokenizer, tokenizer_config, None, None, cache_dir, map_location)
+        tpipe, tparts = _pipeline_parts(tokenizer, tokenizer_config, None, None, cache_dir, map_location)
+        if tpipe is not None:  # the tokenizer of a saved pipeline
+            tparts = {"tokenizer": tpipe.tokenizer, "card": tpipe.card_info}
         if tparts.get("tokenizer") is None:
             raise CheckpointError(f"{tokenizer}: holds no tokenizer")
         if parts.get("tokenizer") is not None:

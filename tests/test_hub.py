@@ -119,6 +119,10 @@ def test_save_pretrained_and_our_format_on_the_hub(offline_cache, tmp_path):
             assert torch.equal(loaded.state_dict()[key], value), key
     assert hub.card_info["license"] == "mit"
     assert Prior.from_pretrained("me/tiny-llamagen@v1").num_classes == 10
+    # a prior file with the tokenizer of a saved pipeline
+    mixed = Pipeline.from_pretrained(REF / "llamagen_c2i_tiny.pt", tokenizer="me/tiny-llamagen@v1",
+                                     config=REF / "llamagen_c2i_tiny.json")
+    assert mixed.tokenizer.vocab_size == 64
     with pytest.raises(CheckpointError, match="HF_HUB_OFFLINE"):
         pipe.push_to_hub("me/tiny-llamagen")
 
