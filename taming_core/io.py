@@ -137,7 +137,9 @@ def torch_load_safe(path: PathLike, what: str = "a PyTorch checkpoint", *,
     if not head.startswith(_TORCH_MAGIC):
         raise CheckpointError(f"{p}: not {what} (the file is not in a format torch.save writes)")
     try:
-        with torch.serialization.safe_globals(list(safe_globals)):
+        # torch < 2.4 has no safe_globals: such files are then refused like other objects
+        allow = getattr(torch.serialization, "safe_globals", None) if safe_globals else None
+        with allow(list(safe_globals)) if allow is not None else contextlib.nullcontext():
             return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(f"{p}: refused to load (expected {what}; it holds objects that "
