@@ -17,8 +17,8 @@ from torch import Tensor, nn
 
 from taming_core import Quantizer, QuantizerOutput
 
-from taming_plugins.quantizers._common import (UsageTracker, check_latent, code_counts,
-                                               finalize_metrics)
+from taming_plugins.quantizers import (UsageTracker, check_latent, code_counts,
+                                       finalize_metrics)
 
 PEER_PACKAGE = "vector_quantize_pytorch"
 

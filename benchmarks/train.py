@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-import yaml
 
 from benchmarks._common import write_results
 
@@ -59,48 +58,39 @@ CASES: dict[str, tuple[int, int, dict[str, Any]]] = {
 }
 
 
-def _demo() -> dict[str, Any]:
-    return yaml.safe_load(DEMO_CONFIG.read_text())
+def _demo(device: str = "cpu") -> dict[str, Any]:
+    from taming_plugins.demo import resolve_demo_config
 
-
-def _tokenizer_spec(demo: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
-    spec = {**demo["tokenizer"], "resolution": demo["image_size"]}
-    for key in ("channels_last", "grad_checkpointing"):
-        if options.get(key):
-            spec[key] = True
-    return spec
+    return resolve_demo_config(DEMO_CONFIG, device=device)
 
 
 def _stage1_trainer(out: Path, device: str, options: dict[str, Any]) -> Any:
+    from taming_plugins.demo import stage1_config
     from taming_plugins.training.stage1 import TokenizerTrainer
 
-    demo, s1 = _demo(), _demo()["stage1"]
-    config = {
-        "tokenizer": _tokenizer_spec(demo, options),
-        "loss": {"name": "vqgan", "disc_start": 0, "perceptual": None, "disc_weight": s1["disc_weight"],
-                 "discriminator": s1["discriminator"]},
-        "data": {"train": demo["data"], "image_size": demo["image_size"], "batch_size": s1["batch_size"],
-                 "train_kwargs": {"length": DATA_ITEMS}},
-        "optim": {"learning_rate": s1["learning_rate"], "bf16": bool(options.get("bf16"))},
-        "train": {"steps": 10**6, "out": str(out), "device": device, "progress": False,
-                  "compile": options.get("compile", False)},
-    }
+    config = stage1_config(_demo(device), out, None, progress=False).to_dict()
+    for key in ("channels_last", "grad_checkpointing"):
+        if options.get(key):
+            config["tokenizer"][key] = True
+    config["loss"]["disc_start"] = 0
+    config["data"]["train_kwargs"] = {"length": DATA_ITEMS}
+    config["optim"]["bf16"] = bool(options.get("bf16"))
+    config["train"].update(steps=10**6, compile=options.get("compile", False))
     return TokenizerTrainer(config)
 
 
 def _stage2_trainer(out: Path, device: str, options: dict[str, Any]) -> Any:
-    from taming_core import create
+    from taming_core import create_from_spec
+    from taming_plugins.demo import stage1_config, stage2_config
     from taming_plugins.training.stage2 import PriorTrainer
 
-    demo, s2 = _demo(), _demo()["stage2"]
+    demo = _demo(device)
     torch.manual_seed(demo["seed"])  # the same (untrained) tokenizer on every rank
-    spec = _tokenizer_spec(demo, {})
-    tokenizer = create("tokenizer", spec.pop("name"), **spec)
-    config = {"out_dir": str(out), "data": demo["data"], "image_size": demo["image_size"],
-              "data_kwargs": {"length": DATA_ITEMS}, "prior": s2["prior"], "steps": 10**6,
-              "batch_size": s2["batch_size"], "lr": s2["lr"], "device": device, "progress": False,
-              "precision": "bf16" if options.get("bf16") else "fp32",
-              "compile": options.get("compile", False)}
+    tokenizer = create_from_spec("tokenizer", stage1_config(demo, out, None, progress=False).tokenizer)
+    config = stage2_config(demo, out, progress=False).to_dict()
+    config["data"].update(max_items=DATA_ITEMS, train_kwargs={"length": DATA_ITEMS})
+    config["optim"]["bf16"] = bool(options.get("bf16"))
+    config["train"].update(steps=10**6, compile=options.get("compile", False))
     return PriorTrainer(config, tokenizer=tokenizer)
 
 
@@ -128,14 +118,14 @@ def run_case(name: str, steps: int, device: str, result_path: Path) -> None:
             trainer = _stage1_trainer(Path(tmp), device, options)
             it = iter(trainer.stream)
             batches = [[next(it).to(trainer.device)] for _ in range(WARMUP_STEPS + steps)]
-            seconds = _timed(trainer.train_step, batches, WARMUP_STEPS)
+            seconds = _timed(trainer.run_step, batches, WARMUP_STEPS)  # as the loop runs a step
             per_rank = trainer.stream.batch_size
             unit_per_item = 1
         else:
             trainer = _stage2_trainer(Path(tmp), device, options)
             it = iter(trainer.stream)
-            batches = [next(it) for _ in range(WARMUP_STEPS + steps)]
-            seconds = _timed(trainer._train_step, batches, WARMUP_STEPS)
+            batches = [tuple(t.to(trainer.device) for t in next(it)) for _ in range(WARMUP_STEPS + steps)]
+            seconds = _timed(trainer.run_step, batches, WARMUP_STEPS)  # as the loop runs a step
             per_rank = trainer.stream.batch_size
             unit_per_item = int(trainer.cache.tokens.shape[1])  # predicted image tokens per item
         world = get_world_size()

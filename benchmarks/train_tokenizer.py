@@ -7,7 +7,8 @@ not a perceptual metric), hinge loss, adaptive weight active (disc_start 0).
 
 Methods (timed round-robin in one process, so load from other processes hits all alike):
 
-* ``taming`` -- :meth:`TokenizerTrainer.train_step` (fused adaptive-weight backward,
+* ``taming`` -- :meth:`TokenizerTrainer.run_step`, a step as the training loop runs it
+  between logging steps (fused adaptive-weight backward,
   discriminator trained on the generator step's reconstructions, single-pass LPIPS).
 * ``taming (unfused loss)`` -- the same trainer with ``fused=False`` (the literal
   original loss computation).
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import tempfile
 from typing import Any, Callable
@@ -74,7 +76,26 @@ def taming_step(out: str, batch: torch.Tensor, *, fused: bool, perceptual: Any =
     trainer = TokenizerTrainer(cfg)
     if perceptual is not None:
         trainer.loss.perceptual = perceptual
-    return (lambda: trainer.train_step([batch])), trainer.loss.perceptual
+    # As the training loop runs a step between logging steps (no per-step device syncs).
+    return (lambda: trainer.run_step([batch])), trainer.loss.perceptual
+
+
+def synced_step(out: str, batch: torch.Tensor, perceptual: Any) -> Callable[[], Any]:
+    """The same step with the device syncs the trainer used to make every step: the
+    components' value checks (image range, latent finiteness) and ``float()`` of every
+    logged value (the hot-path change of issue 13 moved both to logging steps)."""
+    from taming_plugins.training.stage1 import TokenizerTrainer
+
+    cfg = trainer_config(out, fused=True)
+    cfg["loss"]["perceptual"] = None
+    trainer = TokenizerTrainer(cfg)
+    trainer.loss.perceptual = perceptual
+
+    def step() -> dict[str, float]:
+        logs = trainer.train_step([batch])  # outside deferred_value_checks: every check runs
+        return {k: float(v) for k, v in logs.items()}
+
+    return step
 
 
 def original_step(root: str, batch: torch.Tensor, lpips_model: nn.Module) -> Callable[[], Any]:
@@ -117,14 +138,37 @@ def original_step(root: str, batch: torch.Tensor, lpips_model: nn.Module) -> Cal
     return step
 
 
+def cpu_times(methods: dict[str, Callable[[], Any]], *, repeats: int) -> dict[str, float]:
+    """Median process CPU seconds per call, methods interleaved round-robin."""
+    import statistics
+    import time
+
+    names = list(methods)
+    got: dict[str, list[float]] = {n: [] for n in names}
+    for rnd in range(repeats):
+        for name in names[rnd % len(names):] + names[:rnd % len(names)]:
+            t0 = time.process_time()
+            methods[name]()
+            got[name].append(time.process_time() - t0)
+    return {n: statistics.median(v) for n, v in got.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--original", help="path of a taming-transformers checkout to compare with")
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=THREADS, help=f"torch threads (default {THREADS})")
+    parser.add_argument("--name", default=None, help="results file name (default train_tokenizer[_quick])")
+    parser.add_argument("--fused-only", action="store_true", help="time only the default (fused) trainer")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="also report the median process CPU seconds per step (steadier than wall "
+                        "time on a loaded machine)")
+    parser.add_argument("--compare-syncs", action="store_true",
+                        help="also time the step with the per-step device syncs of the earlier trainer")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     from taming_plugins.data import get_dataset
 
@@ -133,33 +177,42 @@ def main() -> None:
     repeats = args.repeats or (3 if args.quick else 8)
     with tempfile.TemporaryDirectory() as out:
         fused, lpips_model = taming_step(out, batch, fused=True)
-        unfused, _ = taming_step(out, batch, fused=False, perceptual=lpips_model)
-        methods = {"taming": fused, "taming (unfused loss)": unfused}
+        methods = {"taming": fused}
+        if args.compare_syncs:
+            methods["taming (per-step syncs, earlier trainer)"] = synced_step(out, batch, lpips_model)
+        if not args.fused_only:
+            methods["taming (unfused loss)"], _ = taming_step(out, batch, fused=False, perceptual=lpips_model)
         if args.original:
             methods["original"] = original_step(args.original, batch, lpips_model.model)
         times = time_interleaved(methods, repeats=repeats, warmup=1)
+        cpu = cpu_times(methods, repeats=repeats) if args.cpu_time else {}
     base = times["original"]["median"] if "original" in times else REFERENCE_ORIGINAL_S
     rows = []
     for name, t in times.items():
         rows.append({"method": name, "s_per_step": t["median"], "min_s": t["min"],
+                     **({"cpu_s_per_step": cpu[name]} if cpu else {}),
                      "images_per_s": BATCH / t["median"], "speedup_vs_original": base / t["median"],
                      "runs": int(t["runs"])})
+    load = os.getloadavg()
     notes = [
+        f"load average (1/5/15 min) at the end of the run: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} "
+        f"on {os.cpu_count()} CPUs (other engineers' jobs were running)",
         f"config: {DDCONFIG}, embed_dim {EMBED_DIM}, {N_EMBED} codes, batch {BATCH}, "
         f"{IMAGE_SIZE}×{IMAGE_SIZE}, PatchGAN ndf 64 / 3 layers, hinge, disc_start 0",
         "one step = tokenizer update (L1 + LPIPS + adaptive-weight GAN term) + discriminator update",
         "LPIPS uses a RANDOM VGG16 backbone (no ImageNet weights offline): same cost as the real one",
-        f"{THREADS} torch threads; methods timed round-robin in one process (median of runs); the "
+        f"{args.threads} torch threads; methods timed round-robin in one process (median of runs); the "
         f"machine is shared with other jobs, so compare ratios within this table",
         ("speedup_vs_original: against the original modules measured in this same run"
          if "original" in times else
          f"speedup_vs_original: against the issue's reference {REFERENCE_ORIGINAL_S} s/step "
          f"(original not run); target <= {TARGET_S} s/step"),
     ]
-    write_results(NAME + ("_quick" if args.quick else ""), rows,
-                  columns=["method", "s_per_step", "min_s", "images_per_s", "speedup_vs_original", "runs"],
+    write_results(args.name or NAME + ("_quick" if args.quick else ""), rows,
+                  columns=["method", "s_per_step", "min_s", *(["cpu_s_per_step"] if cpu else []),
+                           "images_per_s", "speedup_vs_original", "runs"],
                   title="Stage-1 training step (VQGAN, CPU)", notes=notes,
-                  meta={"threads": THREADS, "batch": BATCH, "image_size": IMAGE_SIZE,
+                  meta={"threads": args.threads, "batch": BATCH, "image_size": IMAGE_SIZE,
                         "original": bool(args.original)})
 
 

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import torch
 
-from taming_plugins.tokenizers._vqgan_modules import AttnBlock
+from taming_plugins.tokenizers import AttnBlock
 from taming_plugins.tokenizers.vqgan import VQGANTokenizer
 
 from ._common import MIB, peak_memory, run_in_fresh_process, time_interleaved, write_results

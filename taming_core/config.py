@@ -24,7 +24,6 @@ the offending key, e.g. ``tokenizer.quantizer.codebook_size``.
 from __future__ import annotations
 
 import copy
-import inspect
 import json
 import os
 from collections.abc import Mapping
@@ -32,7 +31,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from .errors import ConfigError, RegistryError
-from .registry import KINDS, get, remember_spec
+from .registry import KINDS, check_arguments, get, remember_spec
 
 ConfigLike = Union[Mapping[str, Any], str, os.PathLike]
 
@@ -44,7 +43,11 @@ def load_config(source: ConfigLike) -> dict[str, Any]:
     path = Path(source)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save the config "
+                          "as UTF-8") from None
     try:
         if path.suffix.lower() == ".json":
             data = json.loads(text)
@@ -80,28 +83,6 @@ def _is_spec(value: Any, key: str) -> bool:
     return isinstance(value, Mapping) and "name" in value and ("kind" in value or key in KINDS)
 
 
-def _check_kwargs(obj: Any, kwargs: dict[str, Any], path: str) -> None:
-    """Reject keyword arguments the constructor does not accept, naming them."""
-    try:
-        sig = inspect.signature(obj)
-    except (TypeError, ValueError):  # builtins without signatures: let the call decide
-        return
-    params = sig.parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    accepted = [n for n, p in params.items()
-                if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
-    unknown = [k for k in kwargs if k not in accepted]
-    if unknown:
-        raise ConfigError(f"{path}.{unknown[0]}: unknown argument; {getattr(obj, '__name__', obj)} "
-                          f"accepts {', '.join(accepted) or 'no arguments'}")
-    missing = [n for n, p in params.items() if p.default is inspect.Parameter.empty
-               and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-               and n not in kwargs]
-    if missing:
-        raise ConfigError(f"{path}: missing required argument {missing[0]!r}")
-
-
 def _build_spec(spec: Mapping[str, Any], kind: str, path: str) -> Any:
     name = spec["name"]
     if not isinstance(name, str):
@@ -111,7 +92,7 @@ def _build_spec(spec: Mapping[str, Any], kind: str, path: str) -> Any:
     except RegistryError as exc:
         raise ConfigError(f"{path}.name: {exc}") from None
     kwargs = {k: _build_value(v, k, f"{path}.{k}") for k, v in spec.items() if k not in ("name", "kind")}
-    _check_kwargs(obj, kwargs, path)
+    check_arguments(obj, kwargs, path)
     try:
         built = obj(**kwargs)
     except ConfigError:

@@ -256,8 +256,13 @@ class AutoregressivePrior(Prior):
         logits = self(seq[:, :-1])
         n_pred = tokens.shape[1] - (1 if condition is None else 0)
         logits = logits[:, -n_pred:]
-        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
-                                           tokens[:, -n_pred:].reshape(-1))
+        try:
+            return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
+                                               tokens[:, -n_pred:].reshape(-1))
+        except IndexError:  # a target id outside the vocabulary (the error path only)
+            from .validation import token_range_error
+            raise token_range_error(tokens, self.vocab_size, f"{type(self).__name__}.loss(tokens)") \
+                from None
 
     @abstractmethod
     def new_cache(self, batch_size: int, max_len: int, *, device: Optional[torch.device] = None,

@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Sequence, Union
@@ -72,6 +73,9 @@ def read_json(path: PathLike) -> Any:
         return json.loads(p.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{p}: not valid JSON ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(f"{p}: not UTF-8 text (byte {exc.start}: {exc.reason}); expected a "
+                              "JSON file") from None
 
 
 def save_tensors(path: PathLike, tensors: dict[str, torch.Tensor],
@@ -119,6 +123,23 @@ def _reason(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+_GLOBAL = re.compile(r"GLOBAL\s+([\w.]+)")
+
+
+def refused_pickle_message(path: PathLike, what: str, reason: str) -> str:
+    """One line: which pickled object was refused, and how to convert a trusted file."""
+    found = _GLOBAL.search(reason)
+    refused = f"the pickled Python object {found.group(1)}" if found else \
+        f"pickled content ({reason.rstrip('.')})"
+    out = Path(str(path)).with_suffix(".tensors.ckpt")
+    convert = (f"python -c \"import torch; c = torch.load('{path}', weights_only=False); "
+               "torch.save(c.get('state_dict', c) if isinstance(c, dict) else c.state_dict(), "
+               f"'{out}')\"")
+    return (f"{path}: refused to load {refused} (expected {what}; only tensors and plain "
+            f"containers are loaded, since unpickling objects can run code); if you trust the "
+            f"file, convert it once to plain tensors with: {convert}")
+
+
 def torch_load_safe(path: PathLike, what: str = "a PyTorch checkpoint", *,
                     safe_globals: Sequence[type] = ()) -> Any:
     """``torch.load(..., weights_only=True)`` with readable errors.
@@ -137,12 +158,9 @@ def torch_load_safe(path: PathLike, what: str = "a PyTorch checkpoint", *,
     if not head.startswith(_TORCH_MAGIC):
         raise CheckpointError(f"{p}: not {what} (the file is not in a format torch.save writes)")
     try:
-        # torch < 2.4 has no safe_globals: such files are then refused like other objects
-        allow = getattr(torch.serialization, "safe_globals", None) if safe_globals else None
-        with allow(list(safe_globals)) if allow is not None else contextlib.nullcontext():
+        with torch.serialization.safe_globals(list(safe_globals)):
             return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise CheckpointError(f"{p}: refused to load (expected {what}; it holds objects that "
-                              f"weights_only loading does not allow: {_reason(exc)})") from None
+        raise CheckpointError(refused_pickle_message(p, what, _reason(exc))) from None
     except Exception as exc:  # noqa: BLE001 - a corrupt file can fail anywhere in unpickling
         raise CheckpointError(f"{p}: corrupt or not {what} ({_reason(exc)})") from None

@@ -16,12 +16,22 @@ local ids are shifted by ``cond_offset`` (the image vocabulary size by default, 
 
 ``save(dir)`` writes ``pipeline.json`` (the config) and ``pipeline.safetensors`` (all
 weights); ``load(dir)`` rebuilds from the config and loads the weights strictly.
+
+``pipeline.json`` also records, under ``integrity``, the SHA-256 of the weights file and
+of the model part of the config (``tokenizer``, ``prior``, ``conditioner``,
+``cond_offset``: what gives the weights their meaning), and under ``provenance`` which
+distribution (and version) provided each component. ``load`` verifies both hashes
+(``verify=False`` skips them, e.g. for huge files) and names the package to install when
+a component is not registered. ``sampler`` and ``grid`` may be edited freely.
 """
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -29,16 +39,88 @@ import torch
 from torch import Tensor, nn
 
 from .config import ConfigLike, build, load_config
-from .errors import CheckpointError, ConfigError, ValidationError
+from .errors import CheckpointError, ConfigError, RegistryError, ValidationError
 from .interfaces import Conditioner, Encoded, Prior, Sampler, Tokenizer
-from .registry import get, spec_of
+from .registry import KINDS, available, get, get_entry, spec_of
 from .io import load_tensors, read_json, save_tensors, write_json
-from .validation import check_tensor
+from .validation import check_cond_offset, check_positive, check_tensor, check_token_grid, component_label
 
 CONFIG_FILE = "pipeline.json"
 WEIGHTS_FILE = "pipeline.safetensors"
 FORMAT_VERSION = 1
 _COMPONENTS = ("tokenizer", "prior", "sampler", "conditioner")
+#: The config keys that give the weights their meaning (hashed into ``config_sha256``).
+MODEL_KEYS = ("tokenizer", "prior", "conditioner", "cond_offset")
+#: Keys ``save`` adds to the config that are records, not settings.
+RECORD_KEYS = ("format_version", "integrity", "provenance")
+_HASH_CHUNK = 1 << 20
+
+
+def file_sha256(path: Union[str, os.PathLike]) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(_HASH_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def config_sha256(cfg: Mapping[str, Any]) -> str:
+    """Hex SHA-256 of the model keys of a pipeline config (:data:`MODEL_KEYS`), in
+    canonical JSON (sorted keys), as it reads back from ``pipeline.json``."""
+    model = json.loads(json.dumps({k: cfg.get(k) for k in MODEL_KEYS}, default=str))
+    text = json.dumps(model, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _walk_specs(spec: Any, kind: str, path: str) -> list[tuple[str, str, str]]:
+    """(path, kind, name) of a component spec and of the specs nested in it."""
+    out: list[tuple[str, str, str]] = []
+    if isinstance(spec, Mapping) and isinstance(spec.get("name"), str):
+        out.append((path, kind, spec["name"]))
+        for key, value in spec.items():
+            if isinstance(value, Mapping) and "name" in value and ("kind" in value or key in KINDS):
+                out += _walk_specs(value, str(value.get("kind", key)), f"{path}.{key}")
+    return out
+
+
+def provenance(cfg: Mapping[str, Any]) -> dict[str, dict[str, Optional[str]]]:
+    """Which distribution (and version) provides each component of a pipeline config,
+    keyed by the component's config path (``tokenizer.quantizer``...)."""
+    out: dict[str, dict[str, Optional[str]]] = {}
+    for role in _COMPONENTS:
+        for path, kind, name in _walk_specs(cfg.get(role), role, role):
+            if kind not in KINDS:
+                continue
+            try:
+                entry = get_entry(kind, name)
+            except RegistryError:  # built outside the registry: nothing to record
+                continue
+            out[path] = {"kind": kind, "name": name, "distribution": entry.distribution,
+                         "version": entry.version, "origin": entry.origin}
+    return out
+
+
+def _check_provenance(cfg: Mapping[str, Any], where: Path) -> None:
+    """Raise naming the package to install when a recorded component is not registered."""
+    records = cfg.get("provenance")
+    if not isinstance(records, Mapping):
+        return
+    for path, rec in records.items():
+        if not isinstance(rec, Mapping) or rec.get("kind") not in KINDS:
+            continue
+        kind, name = rec["kind"], rec.get("name")
+        if name in available(kind):
+            continue
+        dist, version = rec.get("distribution"), rec.get("version")
+        if dist:
+            hint = (f"it was provided by the distribution {dist!r} (version {version}); install it "
+                    f"(pip install '{dist}=={version}'), or if it is installed with plugin autoload "
+                    "off, load its plugin (TAMING_PLUGINS=... or taming --plugins ...)")
+        else:
+            hint = (f"it was registered by {rec.get('origin', 'a local module')} when saved; import "
+                    "that module before loading")
+        raise CheckpointError(f"{where}: {path}: {kind} {name!r} is not registered; {hint}")
 
 
 def _spec_of(obj: Any, role: str) -> dict[str, Any]:
@@ -87,7 +169,14 @@ class Pipeline(nn.Module):
         self.prior = prior
         self.conditioner = conditioner
         self.sampler = sampler
-        self.cond_offset = tokenizer.vocab_size if cond_offset is None else int(cond_offset)
+        self.cond_offset = tokenizer.vocab_size if cond_offset is None else cond_offset
+        if conditioner is not None:
+            check_cond_offset(self.cond_offset, tokenizer.vocab_size, conditioner.vocab_size,
+                              "Pipeline(cond_offset)",
+                              prior.vocab_size if prior is not None else None)
+        else:  # unused without a conditioner
+            check_positive(self.cond_offset, "Pipeline(cond_offset)", allow_zero=True)
+        self.cond_offset = int(self.cond_offset)
         self.grid = tuple(grid) if grid is not None else None
         #: Model-card fields (license, source, datasets, metrics...) for save_pretrained.
         self.card_info: dict[str, Any] = {}
@@ -97,7 +186,7 @@ class Pipeline(nn.Module):
     def from_config(cls, config: ConfigLike) -> "Pipeline":
         """Build a pipeline (untrained weights) from a dict or YAML/JSON file."""
         cfg = load_config(config)
-        unknown = sorted(set(cfg) - set(_COMPONENTS) - {"cond_offset", "grid", "format_version"})
+        unknown = sorted(set(cfg) - set(_COMPONENTS) - {"cond_offset", "grid"} - set(RECORD_KEYS))
         if unknown:
             raise ConfigError(f"{unknown[0]}: unknown pipeline key; expected "
                               f"{', '.join(_COMPONENTS)}, cond_offset, grid")
@@ -134,25 +223,59 @@ class Pipeline(nn.Module):
         return cfg
 
     def save(self, directory: Union[str, os.PathLike]) -> Path:
-        """Write ``pipeline.json`` + ``pipeline.safetensors`` (atomically) into ``directory``."""
+        """Write ``pipeline.json`` + ``pipeline.safetensors`` (atomically) into ``directory``;
+        the config records the hashes of the weights and of the model config, and which
+        distribution provides each component."""
         out = Path(directory)
         cfg = self.get_config()
         save_tensors(out / WEIGHTS_FILE, self.state_dict(), metadata={"format": "taming-pipeline"})
+        cfg["provenance"] = provenance(cfg)
+        cfg["integrity"] = {"config_sha256": config_sha256(cfg),
+                            "weights_sha256": file_sha256(out / WEIGHTS_FILE)}
         write_json(out / CONFIG_FILE, cfg)
         return out
 
     @classmethod
     def load(cls, directory: Union[str, os.PathLike],
-             map_location: Union[str, torch.device] = "cpu") -> "Pipeline":
-        """Rebuild a pipeline saved by :meth:`save` and load its weights strictly."""
+             map_location: Union[str, torch.device] = "cpu", *, verify: bool = True) -> "Pipeline":
+        """Rebuild a pipeline saved by :meth:`save` and load its weights strictly.
+
+        With ``verify`` (default) the SHA-256 of ``pipeline.safetensors`` and of the model
+        part of ``pipeline.json`` must match what :meth:`save` recorded (flipped bytes in the
+        weights, or an edited ``n_head``/``cond_offset`` that keeps tensor shapes, are
+        refused); ``verify=False`` skips both (hashing reads the whole file once).
+        """
         d = Path(directory)
         if not (d / CONFIG_FILE).is_file():
             raise CheckpointError(f"{d}: not a saved pipeline (no {CONFIG_FILE}); "
                                   f"expected a directory written by Pipeline.save")
         cfg = read_json(d / CONFIG_FILE)
+        if not isinstance(cfg, dict):
+            raise CheckpointError(f"{d / CONFIG_FILE}: expected a JSON object (the pipeline config) "
+                                  f"at the top level, got {type(cfg).__name__}")
         if cfg.get("format_version") != FORMAT_VERSION:
             raise CheckpointError(f"{d / CONFIG_FILE}: format_version {cfg.get('format_version')!r} "
                                   f"is not supported (expected {FORMAT_VERSION})")
+        integrity = cfg.get("integrity")
+        if integrity is not None and not isinstance(integrity, dict):
+            raise CheckpointError(f"{d / CONFIG_FILE}: 'integrity' must be an object, got "
+                                  f"{type(integrity).__name__}")
+        if verify and integrity:
+            want = integrity.get("config_sha256")
+            if want is not None and want != config_sha256(cfg):
+                raise CheckpointError(
+                    f"{d / CONFIG_FILE}: the model config ({', '.join(MODEL_KEYS)}) differs from "
+                    "the one saved with the weights (config_sha256 mismatch: edited after saving?); "
+                    "restore it, or pass verify=False to load it anyway")
+            want = integrity.get("weights_sha256")
+            if want is not None and (d / WEIGHTS_FILE).is_file():
+                got = file_sha256(d / WEIGHTS_FILE)
+                if got != want:
+                    raise CheckpointError(
+                        f"{d / WEIGHTS_FILE}: SHA-256 {got[:16]}... does not match the "
+                        f"{want[:16]}... recorded in {CONFIG_FILE} (the file changed or is corrupt); "
+                        "pass verify=False to skip the check")
+        _check_provenance(cfg, d / CONFIG_FILE)
         pipe = cls.from_config(cfg)
         state = load_tensors(d / WEIGHTS_FILE, device=map_location)
         try:
@@ -184,9 +307,17 @@ class Pipeline(nn.Module):
         return push_to_hub(self, repo_id, **kwargs)
 
     # ------------------------------------------------------------------ tokens and images
+    def _images(self, images: Tensor, name: str) -> Tensor:
+        """Entry check of images: float B×C×H×W, finite (NaN pixels are the images' fault,
+        not the quantizer's), cast to the tokenizer's dtype (float64/fp16/bf16 inputs)."""
+        check_tensor(images, name, dims=("B", "C", "H", "W"), dtype="float", finite=True)
+        for p in self.tokenizer.parameters():
+            return images.to(p.dtype) if p.dtype.is_floating_point else images
+        return images
+
     def tokenize(self, images: Tensor) -> Tensor:
         """Float B×C×H×W images in [-1, 1] -> Long B×h×w tokens."""
-        return self.tokenizer.encode(images).indices
+        return self.tokenizer.encode(self._images(images, "tokenize(images)")).indices
 
     def detokenize(self, indices: Tensor) -> Tensor:
         """Long B×h×w tokens -> images B×C×H×W clamped to [-1, 1]."""
@@ -194,7 +325,7 @@ class Pipeline(nn.Module):
 
     def reconstruct(self, images: Tensor) -> tuple[Tensor, Encoded]:
         """Encode and decode ``images``; returns (reconstructions in [-1, 1], :class:`Encoded`)."""
-        xrec, enc = self.tokenizer.reconstruct(images)
+        xrec, enc = self.tokenizer.reconstruct(self._images(images, "reconstruct(images)"))
         return xrec.clamp(-1, 1), enc
 
     def condition_tokens(self, condition: Any, n: int) -> Optional[Tensor]:
@@ -208,6 +339,11 @@ class Pipeline(nn.Module):
             if condition is not None:
                 raise ValidationError("generate(condition): this pipeline has no conditioner")
             return None
+        if condition is not None and not self.conditioner.takes_condition:
+            raise ValidationError(
+                f"generate(condition): the pipeline's {component_label(self.conditioner, 'conditioner')} "
+                "takes no condition (it only needs the batch size); drop the condition, or use a "
+                "pipeline trained with a conditioner such as class_label")
         device = next(self.parameters()).device
         raw = condition if condition is not None else n
         if isinstance(raw, Tensor):
@@ -251,5 +387,8 @@ class Pipeline(nn.Module):
             generator = torch.Generator(device=device).manual_seed(int(seed))
         cond = self.condition_tokens(condition, n)
         tokens = sampler.sample(self.prior, grid=grid, batch_size=n, condition=cond, generator=generator)
-        images = self.detokenize(tokens)
+        check_token_grid(tokens, n, grid, sampler, "sampler")
+        check_tensor(tokens, f"{component_label(sampler, 'sampler')} output", dtype="integer",
+                     value_range=(0, self.tokenizer.vocab_size - 1))
+        images = self.detokenize(tokens.long())
         return (images, tokens) if return_tokens else images

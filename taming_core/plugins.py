@@ -8,8 +8,12 @@ Discovery runs lazily, once per process, on the first registry look-up. Set
 ``TAMING_DISABLE_PLUGIN_AUTOLOAD=1`` to switch it off (loading a plugin runs its
 code) and call :func:`load_plugins` with the names you trust.
 
+With autoload off, ``TAMING_PLUGINS=name,name`` names entry points to load anyway (the
+CLI's ``--plugins`` does the same).
+
 A plugin that fails is reported once as a warning and recorded in
-:func:`plugin_status`; everything else keeps working.
+:func:`plugin_status`; what it registered before failing is removed again (a half-loaded
+plugin never stays half-registered); everything else keeps working.
 """
 
 from __future__ import annotations
@@ -24,10 +28,13 @@ from typing import Iterable, Optional
 
 import entrypoints
 
+from . import registry
 from .errors import PluginError
 
 GROUP = "taming.plugins"
 DISABLE_ENV = "TAMING_DISABLE_PLUGIN_AUTOLOAD"
+#: Comma-separated entry-point names loaded even when autoload is off.
+PLUGINS_ENV = "TAMING_PLUGINS"
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +73,8 @@ def _dist(ep: entrypoints.EntryPoint) -> tuple[str, str]:
 
 def _load_one(ep: entrypoints.EntryPoint) -> PluginStatus:
     dist, version = _dist(ep)
+    before = registry._snapshot()
+    top = ep.module_name.split(".")[0]
     try:
         obj = ep.load()
         if ep.object_name is not None:
@@ -76,6 +85,12 @@ def _load_one(ep: entrypoints.EntryPoint) -> PluginStatus:
         log.debug("loaded plugin %s from %s %s", ep.name, dist, version)
     except Exception as exc:  # noqa: BLE001 - isolate every plugin failure
         reason = f"{type(exc).__name__}: {exc}"
+        # undo what this plugin registered (its distribution's or its package's entries);
+        # packages it merely imported on the way keep their registrations
+        undone = registry._restore(before, lambda e: e.distribution == dist or (
+            getattr(e.obj, "__module__", "") or "").split(".")[0] == top)
+        if undone:
+            reason += f" (its registrations were removed: {', '.join(undone)})"
         status = PluginStatus(ep.name, dist, version, _target(ep), False, reason)
         warnings.warn(f"taming plugin {ep.name!r} ({_target(ep)}) from {dist} {version} "
                       f"failed to load: {reason}", RuntimeWarning, stacklevel=3)
@@ -99,6 +114,9 @@ def autoload() -> None:
         _autoloaded = True  # set first: plugins may look names up while importing
         if os.environ.get(DISABLE_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
             log.debug("plugin autoload disabled by %s", DISABLE_ENV)
+            chosen = requested_plugins(os.environ.get(PLUGINS_ENV, ""))
+            if chosen:
+                load_plugins(chosen)
             return
         for ep in _entry_points():
             if ep.name not in _status:
@@ -120,6 +138,11 @@ def load_plugins(names: Optional[Iterable[str]] = None) -> list[PluginStatus]:
                               f"installed: {', '.join(sorted(by_name)) or 'none'}")
         return [_status[n] if n in _status and _status[n].loaded else _load_one(by_name[n])
                 for n in wanted]
+
+
+def requested_plugins(text: str) -> list[str]:
+    """Entry-point names from a comma-separated list (``TAMING_PLUGINS``, ``--plugins``)."""
+    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 def plugin_status() -> list[PluginStatus]:

@@ -13,11 +13,13 @@ import fnmatch
 import functools
 import importlib.metadata
 import inspect
+import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, TypeVar
 
-from .errors import RegistryError
+from .errors import ConfigError, RegistryError
 
 #: Component kinds known to the registry.
 KINDS: tuple[str, ...] = (
@@ -39,6 +41,8 @@ class Entry:
     obj: Callable[..., Any]
     origin: str          # "built-in", "<distribution> <version>" or "local (<module>)"
     description: str     # first line of the docstring
+    distribution: Optional[str] = None  # the installed distribution providing it (None: local)
+    version: Optional[str] = None       # that distribution's version
 
 
 _REGISTRY: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
@@ -67,19 +71,28 @@ def _distribution_of_package(top: str) -> Optional[str]:
     return dists[0] if dists else None
 
 
-def _origin_of(obj: Callable[..., Any]) -> str:
-    """Name the distribution that provides ``obj`` (from its top-level package)."""
+def _provenance_of(obj: Callable[..., Any]) -> tuple[str, Optional[str], Optional[str]]:
+    """(origin text, distribution, version) of ``obj``, from its top-level package."""
     module = getattr(obj, "__module__", None) or "__main__"
     dist = _distribution_of_package(module.split(".")[0])
     if dist is None:
-        return f"local ({module})"
-    if dist == BUILTIN_DISTRIBUTION:
-        return "built-in"
+        return f"local ({module})", None, None
     try:
         version = importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:  # pragma: no cover - racy uninstall
         version = "?"
-    return f"{dist} {version}"
+    try:  # the project's own spelling (packages_distributions may give a normalised one)
+        dist = importlib.metadata.distribution(dist).metadata["Name"] or dist
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover
+        pass
+    if dist == BUILTIN_DISTRIBUTION:
+        return "built-in", dist, version
+    return f"{dist} {version}", dist, version
+
+
+def _origin_of(obj: Callable[..., Any]) -> str:
+    """Name the distribution that provides ``obj`` (from its top-level package)."""
+    return _provenance_of(obj)[0]
 
 
 def _same_object(a: Any, b: Any) -> bool:
@@ -104,14 +117,20 @@ def register(kind: str, name: str, *, override: bool = False,
         if not callable(obj):
             raise RegistryError(f"register({kind!r}, {name!r}): expected a class or function, got {obj!r}")
         existing = _REGISTRY[kind].get(name)
-        if existing is not None and not override and not _same_object(existing.obj, obj):
-            raise RegistryError(
-                f"{kind} {name!r} is already registered by {existing.obj.__module__}."
-                f"{getattr(existing.obj, '__qualname__', existing.obj)} ({existing.origin}); "
-                f"pass override=True to replace it")
+        origin, dist, version = _provenance_of(obj)
+        if existing is not None and not _same_object(existing.obj, obj):
+            if not override:
+                raise RegistryError(
+                    f"{kind} {name!r} is already registered by {existing.obj.__module__}."
+                    f"{getattr(existing.obj, '__qualname__', existing.obj)} ({existing.origin}); "
+                    f"pass override=True to replace it")
+            if (existing.distribution or existing.origin) != (dist or origin):  # another provider
+                warnings.warn(f"{kind} {name!r} of {existing.origin} is replaced by "
+                              f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', obj)} "
+                              f"of {origin} (override=True)", RuntimeWarning, stacklevel=2)
         doc = description or (inspect.getdoc(obj) or "").strip().splitlines()
         desc = doc if isinstance(doc, str) else (doc[0] if doc else "")
-        _REGISTRY[kind][name] = Entry(kind, name, obj, _origin_of(obj), desc)  # type: ignore[arg-type]
+        _REGISTRY[kind][name] = Entry(kind, name, obj, origin, desc, dist, version)  # type: ignore[arg-type]
         return obj
 
     return decorator
@@ -121,6 +140,28 @@ def unregister(kind: str, name: str) -> None:
     """Remove an entry (mainly for tests and interactive sessions)."""
     _check_kind(kind)
     _REGISTRY[kind].pop(name, None)
+
+
+def _snapshot() -> dict[str, dict[str, Entry]]:
+    """A copy of every registration (plugin loading restores it when a plugin fails)."""
+    return {kind: dict(table) for kind, table in _REGISTRY.items()}
+
+
+def _restore(snapshot: dict[str, dict[str, Entry]],
+             undo: Callable[[Entry], bool] = lambda entry: True) -> list[str]:
+    """Undo the registrations made since ``snapshot`` for which ``undo(entry)`` is true
+    (new entries are removed, replaced ones put back); returns their ``kind/name``."""
+    undone: list[str] = []
+    for kind, table in _REGISTRY.items():
+        before = snapshot.get(kind, {})
+        for name, entry in list(table.items()):
+            if before.get(name) is not entry and undo(entry):
+                undone.append(f"{kind}/{name}")
+                if name in before:
+                    table[name] = before[name]
+                else:
+                    del table[name]
+    return undone
 
 
 def _ensure_plugins() -> None:
@@ -179,12 +220,72 @@ def spec_of(obj: Any) -> Optional[dict[str, Any]]:
     return dict(spec) if isinstance(spec, dict) else None
 
 
+_SEQUENCE_HINT = re.compile(r"\b(Sequence|MutableSequence|Collection|Iterable|list|List|tuple|Tuple)\b")
+_STRING_HINT = re.compile(r"\b(str|Any|AnyStr|object)\b")
+
+
+def _wants_sequence(annotation: Any) -> bool:
+    """True when a parameter annotation asks for a list/tuple/sequence and never a string."""
+    if annotation is inspect.Parameter.empty:
+        return False
+    text = annotation if isinstance(annotation, str) else \
+        (annotation.__name__ if isinstance(annotation, type) else repr(annotation))
+    return bool(_SEQUENCE_HINT.search(text)) and not _STRING_HINT.search(text)
+
+
+def check_arguments(obj: Callable[..., Any], kwargs: Mapping[str, Any], path: str) -> None:
+    """Raise :class:`ConfigError` for keyword arguments ``obj`` does not accept, required
+    ones that are missing, and strings given where the signature asks for a sequence
+    (``attn_resolutions: "16"`` would otherwise become ``[1, 6]``). ``path`` prefixes the
+    message (a config key path, or the kind for :func:`create`)."""
+    try:
+        sig = inspect.signature(obj)
+    except (TypeError, ValueError):  # builtins without signatures: let the call decide
+        return
+    params = sig.parameters
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    for key, value in kwargs.items():
+        param = params.get(key)
+        if isinstance(value, (str, bytes)) and param is not None and param.kind in named \
+                and _wants_sequence(param.annotation):
+            raise ConfigError(f"{path}.{key}: expected a list, got the string {value!r} "
+                              f"(write [{value}] for a one-element list)")
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [n for n, p in params.items() if p.kind in named]
+    unknown = [k for k in kwargs if k not in accepted]
+    if unknown:
+        raise ConfigError(f"{path}.{unknown[0]}: unknown argument; {getattr(obj, '__name__', obj)} "
+                          f"accepts {', '.join(accepted) or 'no arguments'}")
+    missing = [n for n, p in params.items() if p.default is inspect.Parameter.empty
+               and p.kind in named and n not in kwargs]
+    if missing:
+        raise ConfigError(f"{path}: missing required argument {missing[0]!r}")
+
+
+def accepted_arguments(kind: str, name: str) -> Optional[list[str]]:
+    """The keyword arguments ``kind``/``name`` accepts, in signature order, or None when it
+    takes ``**kwargs`` or has no inspectable signature (anything may then be passed)."""
+    try:
+        params = inspect.signature(get(kind, name)).parameters
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    return [n for n, p in params.items()
+            if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+
+
 def create(kind: str, name: str, **kwargs: Any) -> Any:
     """Instantiate the component registered as ``kind``/``name`` with ``kwargs``.
 
-    The result remembers its spec (see :func:`spec_of`).
+    Unknown or missing arguments raise the same :class:`ConfigError` as
+    :func:`taming_core.build` (the path is the kind). The result remembers its spec
+    (see :func:`spec_of`).
     """
-    return remember_spec(get(kind, name)(**kwargs), kind, name, kwargs)
+    obj = get(kind, name)
+    check_arguments(obj, kwargs, kind)
+    return remember_spec(obj(**kwargs), kind, name, kwargs)
 
 
 def create_from_spec(kind: str, spec: Mapping[str, Any], **overrides: Any) -> Any:

@@ -11,14 +11,42 @@ microseconds each, and the value-range/finiteness checks synchronise with the de
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import contextvars
+import math
+import numbers
+from collections.abc import Iterator, Sequence
 from typing import Optional, Union
 
 import torch
 
 from .errors import ValidationError
+from .interfaces import QuantizerOutput
 
 Dim = Union[int, str, None]
+
+_VALUE_CHECKS = contextvars.ContextVar("taming_value_checks", default=True)
+
+
+@contextlib.contextmanager
+def deferred_value_checks() -> Iterator[None]:
+    """Inside this block :func:`check_tensor` skips its device-synchronising checks
+    (``value_range`` and ``finite``); shapes, dtypes and devices are still checked.
+
+    Trainers run the steps between two logging steps inside it: they check the values
+    of their inputs at the entry point and on logging steps, and a divergence guard
+    watches for NaN/Inf, so a per-step sync on every component's input is not needed.
+    """
+    token = _VALUE_CHECKS.set(False)
+    try:
+        yield
+    finally:
+        _VALUE_CHECKS.reset(token)
+
+
+def value_checks_enabled() -> bool:
+    """False inside :func:`deferred_value_checks`."""
+    return _VALUE_CHECKS.get()
 
 
 def _fmt_shape(dims: Sequence[Dim]) -> str:
@@ -84,11 +112,15 @@ def check_tensor(
         raise ValidationError(f"{name}: expected a non-empty tensor, got {got}")
     if device is not None and torch.device(device).type != x.device.type:
         raise ValidationError(f"{name}: expected a tensor on {device}, got one on {x.device}")
+    if not _VALUE_CHECKS.get():
+        return sizes
     if finite and x.dtype.is_floating_point and x.numel() and not bool(torch.isfinite(x).all()):
         raise ValidationError(f"{name}: contains NaN or Inf values ({got})")
     if value_range is not None and x.numel():
         low, high = value_range
         lo, hi = float(x.min()), float(x.max())
+        if math.isnan(lo) or math.isnan(hi):  # min/max propagate NaN; comparisons would pass it
+            raise ValidationError(f"{name}: contains NaN values ({got})")
         if lo < low or hi > high:
             raise ValidationError(
                 f"{name}: values must lie in [{low:g}, {high:g}], got min {lo:.4g}, max {hi:.4g}")
@@ -107,6 +139,38 @@ def check_positive(value: object, name: str, *, integer: bool = True, allow_zero
         raise ValidationError(f"{name}: expected an {what} {bound}, got {value!r}")
 
 
+def check_number(value: object, name: str, low: float, high: float, *,
+                 low_open: bool = False, high_open: bool = False) -> float:
+    """Raise unless ``value`` is a finite real number in the interval; returns it as float.
+    ``low_open``/``high_open`` exclude the bounds (e.g. ``[0, 1)`` for an EMA decay)."""
+    interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+    if not bad:
+        v = float(value)  # type: ignore[arg-type]
+        bad = (v <= low if low_open else v < low) or (v >= high if high_open else v > high)
+    if bad:
+        raise ValidationError(f"{name}: expected a number in {interval}, got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def check_int_sequence(value: object, name: str, *, minimum: Optional[int] = None,
+                       nonempty: bool = False) -> list[int]:
+    """Raise unless ``value`` is a list/tuple of ints (each ``>= minimum`` when given);
+    returns it as a list. A string is refused, not read as its characters (``"16"`` is
+    not ``[1, 6]``)."""
+    bound = f" >= {minimum}" if minimum is not None else ""
+    what = f"{'a non-empty' if nonempty else 'a'} list of integers{bound}"
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise ValidationError(f"{name}: expected {what}, got {value!r}")
+    items = list(value)
+    if (nonempty and not items) or any(
+            isinstance(v, bool) or not isinstance(v, numbers.Integral)
+            or (minimum is not None and v < minimum)
+            for v in items):
+        raise ValidationError(f"{name}: expected {what}, got {value!r}")
+    return [int(v) for v in items]
+
+
 def check_choice(value: object, name: str, choices: Sequence[object]) -> None:
     """Raise unless ``value`` is one of ``choices``."""
     if value not in choices:
@@ -114,8 +178,105 @@ def check_choice(value: object, name: str, choices: Sequence[object]) -> None:
 
 
 def check_divisible(h: int, w: int, factor: int, name: str) -> None:
-    """Raise unless both spatial sizes are multiples of ``factor``."""
+    """Raise unless both spatial sizes are multiples of ``factor`` (and at least ``factor``)."""
+    if h < factor or w < factor:
+        raise ValidationError(
+            f"{name}: images of {h}×{w} pixels are smaller than the downsample factor {factor}; "
+            f"expected at least {factor}×{factor} (a multiple of {factor} on each side)")
     if h % factor or w % factor:
         raise ValidationError(
             f"{name}: height and width must be divisible by the downsample factor {factor}, "
             f"got {h}×{w}")
+
+
+def check_cond_offset(cond_offset: object, image_vocab_size: int, cond_vocab_size: int, name: str,
+                      prior_vocab_size: Optional[int] = None) -> int:
+    """Raise unless condition ids ``[cond_offset, cond_offset + cond_vocab_size)`` are placed
+    so they cannot be mistaken for image ids ``[0, image_vocab_size)``.
+
+    Two layouts are valid: *disjoint* (``cond_offset >= image_vocab_size``, the default)
+    and *shared* (``cond_offset == 0``: the original Net2NetTransformer's conditional
+    models, where positions alone tell the two apart). An offset in between makes some
+    condition ids equal image ids and others not. With ``prior_vocab_size`` every
+    condition id must also lie inside the prior's vocabulary.
+    """
+    check_positive(cond_offset, name, allow_zero=True)
+    off = int(cond_offset)  # type: ignore[call-overload]
+    if 0 < off < image_vocab_size:
+        raise ValidationError(
+            f"{name}: condition ids {off}..{off + cond_vocab_size - 1} collide with image ids "
+            f"0..{image_vocab_size - 1}; expected cond_offset >= {image_vocab_size} (disjoint ids, "
+            f"the default) or 0 (the original's shared ids), got {off}")
+    if prior_vocab_size is not None and off + cond_vocab_size > prior_vocab_size:
+        raise ValidationError(
+            f"{name}: condition ids {off}..{off + cond_vocab_size - 1} exceed the prior's "
+            f"vocabulary of {prior_vocab_size} ids; expected cond_offset <= "
+            f"{prior_vocab_size - cond_vocab_size}, got {off}")
+    return off
+
+
+def component_label(obj: object, kind: str) -> str:
+    """``"quantizer 'vq' (VectorQuantizer)"``: the kind, registered name and class of a
+    component, for messages that blame it."""
+    from .registry import spec_of  # local import: registry imports this module's users
+
+    spec = spec_of(obj) or {}
+    name = spec.get("name")
+    cls = type(obj).__name__
+    return f"{kind} {name!r} ({cls})" if isinstance(name, str) else f"{kind} {cls}"
+
+
+def check_quantizer_output(out: object, z: "torch.Tensor", quantizer: object,
+                           num_levels: int = 1) -> None:
+    """Cheap boundary check of what a quantizer returned for latent ``z`` (B×C×H×W):
+    a ``QuantizerOutput`` whose ``z_q`` has ``z``'s shape and float dtype and whose
+    ``indices`` are integer B×H×W (B×H×W×L with L levels). Shapes and dtypes only: no
+    device synchronisation, so it may run every training step."""
+    who = component_label(quantizer, "quantizer")
+    if not isinstance(out, QuantizerOutput):
+        raise ValidationError(f"{who} returned {type(out).__name__}; expected a QuantizerOutput")
+    if not isinstance(out.z_q, torch.Tensor) or out.z_q.shape != z.shape \
+            or not out.z_q.dtype.is_floating_point:
+        got = f"{out.z_q.dtype} of shape {tuple(out.z_q.shape)}" if isinstance(out.z_q, torch.Tensor) \
+            else type(out.z_q).__name__
+        raise ValidationError(f"{who} returned z_q {got}; expected a float tensor of the input's "
+                              f"shape {tuple(z.shape)}")
+    b, _, h, w = z.shape
+    want = (b, h, w) + ((num_levels,) if num_levels > 1 else ())
+    idx = out.indices
+    ok = isinstance(idx, torch.Tensor) and not idx.dtype.is_floating_point \
+        and not idx.dtype.is_complex and idx.dtype != torch.bool and tuple(idx.shape) == want
+    if not ok:
+        got = f"{idx.dtype} of shape {tuple(idx.shape)}" if isinstance(idx, torch.Tensor) \
+            else type(idx).__name__
+        raise ValidationError(f"{who} returned indices {got}; expected an integer (Long) tensor "
+                              f"of shape {'×'.join(map(str, want))}")
+
+
+def check_token_grid(tokens: object, batch_size: int, grid: Sequence[int], component: object,
+                     kind: str = "sampler") -> None:
+    """Cheap boundary check of a token grid a component returned: an integer tensor of
+    shape ``batch_size×H×W`` (shape and dtype only, no device synchronisation)."""
+    want = (batch_size, *(int(g) for g in grid))
+    ok = isinstance(tokens, torch.Tensor) and not tokens.dtype.is_floating_point \
+        and not tokens.dtype.is_complex and tokens.dtype != torch.bool and tuple(tokens.shape) == want
+    if not ok:
+        got = f"{tokens.dtype} of shape {tuple(tokens.shape)}" if isinstance(tokens, torch.Tensor) \
+            else type(tokens).__name__
+        raise ValidationError(f"{component_label(component, kind)} returned {got}; expected "
+                              f"Long token ids of shape {'×'.join(map(str, want))}")
+
+
+def token_range_error(tokens: "torch.Tensor", vocab_size: int, name: str) -> ValidationError:
+    """The one-line error for token ids outside ``[0, vocab_size)`` (it reads the ids' range,
+    so build it on the error path only, e.g. where an embedding raised IndexError)."""
+    lo, hi = int(tokens.min()), int(tokens.max())
+    return ValidationError(f"{name}: token ids must lie in [0, {vocab_size - 1}] (the prior's "
+                           f"vocabulary), got min {lo}, max {hi}")
+
+
+def check_token_ids(tokens: "torch.Tensor", vocab_size: int, name: str) -> None:
+    """Raise :func:`token_range_error` unless every id lies in ``[0, vocab_size)``
+    (synchronises with the device: entry points only)."""
+    if tokens.numel() and (bool((tokens < 0).any()) or bool((tokens >= vocab_size).any())):
+        raise token_range_error(tokens, vocab_size, name)

@@ -45,18 +45,14 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG_FILE = "demo.yaml"
 DEFAULT_OUT = "runs/demo"
-#: Top-level keys of a demo config and the keys of its sections.
-TOP_KEYS = ("data", "image_size", "seed", "device", "threads", "tokenizer", "stage1", "stage2",
+#: Top-level keys of a demo config; ``stage1``/``stage2`` are the trainers' run configs.
+TOP_KEYS = ("data", "image_size", "seed", "device", "threads", "disc_start_fraction", "stage1", "stage2",
             "sampling", "eval")
 SECTION_KEYS = {
-    "stage1": ("steps", "batch_size", "learning_rate", "disc_start_fraction", "disc_weight",
-               "discriminator", "perceptual"),
-    "stage2": ("steps", "batch_size", "lr", "train_images", "prior"),
-    "sampling": ("num_samples", "temperature", "top_k", "window_scale", "sliding_policy",
-                 "sliding_samples"),
+    "sampling": ("window_scale", "sliding_policy", "sliding_samples"),
     "eval": ("val_images", "show_images"),
 }
-#: Values of ``stage1.perceptual`` besides a loss spec.
+#: Values of ``stage1.loss.perceptual`` besides a loss spec.
 PERCEPTUAL_AUTO, PERCEPTUAL_NONE = "auto", "none"
 #: Number of metric records each training run logs (log interval = steps / this).
 LOG_RECORDS = 20
@@ -102,8 +98,10 @@ def resolve_demo_config(config: Optional[Union[Mapping[str, Any], str, Path]] = 
                         **overrides: Any) -> dict[str, Any]:
     """Defaults + ``config`` (dict or YAML/JSON file) + ``overrides``, validated.
 
-    ``overrides`` use dotted names with ``__`` for the dot, e.g. ``stage1__steps=100``,
-    or top-level keys (``image_size=64``); ``None`` values are ignored.
+    ``overrides`` use dotted names with ``__`` for the dot, e.g.
+    ``stage1__train__steps=100``, or top-level keys (``image_size=64``); ``None`` values
+    are ignored. The ``stage1``/``stage2`` sections are validated as the trainers'
+    run configs (:func:`stage1_config`/:func:`stage2_config` with a placeholder output).
     """
     cfg = default_demo_config()
     if config is not None:
@@ -115,34 +113,35 @@ def resolve_demo_config(config: Optional[Union[Mapping[str, Any], str, Path]] = 
     for name, value in overrides.items():
         if value is None:
             continue
-        section, _, key = name.partition("__")
-        if key:
-            cfg.setdefault(section, {})[key] = value
-        else:
-            cfg[section] = value
+        *parents, key = name.split("__")
+        node = cfg
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[key] = value
     for section, keys in SECTION_KEYS.items():
         extra = [k for k in cfg[section] if k not in keys]
         if extra:
             raise ConfigError(f"{section}.{extra[0]}: unknown key; expected one of {', '.join(keys)}")
     _validate(cfg)
+    stage1_config(cfg, Path(DEFAULT_OUT), None, progress=False)
+    stage2_config(cfg, Path(DEFAULT_OUT), progress=False)
     return cfg
 
 
 def _validate(cfg: Mapping[str, Any]) -> None:
-    for path in ("image_size", "threads", "stage1.steps", "stage1.batch_size", "stage2.steps",
-                 "stage2.batch_size", "stage2.train_images", "sampling.num_samples",
-                 "sampling.window_scale", "sampling.sliding_samples", "eval.val_images",
-                 "eval.show_images"):
+    for path in ("image_size", "threads", "sampling.window_scale", "sampling.sliding_samples",
+                 "eval.val_images", "eval.show_images"):
         section, _, key = path.partition(".")
         value = cfg[section][key] if key else cfg[section]
         check_positive(value, path)
     check_positive(cfg["seed"], "seed", allow_zero=True)
-    fraction = cfg["stage1"]["disc_start_fraction"]
-    if not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
-        raise ConfigError(f"stage1.disc_start_fraction: expected a number in [0, 1], got {fraction!r}")
+    fraction = cfg["disc_start_fraction"]
+    if fraction is not None and (not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1):
+        raise ConfigError(f"disc_start_fraction: expected a number in [0, 1] or null, got {fraction!r}")
     check_choice(cfg["sampling"]["sliding_policy"], "sampling.sliding_policy", ("cached", "taming"))
-    if not isinstance(cfg["tokenizer"], Mapping) or "name" not in cfg["tokenizer"]:
-        raise ConfigError(f"tokenizer: expected a spec with a 'name', got {cfg['tokenizer']!r}")
+    for stage in ("stage1", "stage2"):
+        if not isinstance(cfg[stage], Mapping):
+            raise ConfigError(f"{stage}: expected a run config (a mapping), got {cfg[stage]!r}")
 
 
 def perceptual_choice(setting: Any) -> tuple[Optional[dict[str, Any]], str]:
@@ -163,7 +162,7 @@ def perceptual_choice(setting: Any) -> tuple[Optional[dict[str, Any]], str]:
         return None, f"none (LPIPS backbone weights not found at {path}; never downloaded)"
     if isinstance(setting, Mapping) and "name" in setting:
         return dict(setting), f"{setting['name']} (from the config)"
-    raise ConfigError(f"stage1.perceptual: expected 'auto', 'none' or a loss spec, got {setting!r}")
+    raise ConfigError(f"stage1.loss.perceptual: expected 'auto', 'none' or a loss spec, got {setting!r}")
 
 
 def _dataset_kwargs(data: str, length: int) -> dict[str, Any]:
@@ -171,14 +170,18 @@ def _dataset_kwargs(data: str, length: int) -> dict[str, Any]:
     return {"length": length} if str(data) == "photos" else {}
 
 
+def _train_images(cfg: Mapping[str, Any]) -> int:
+    return int(stage2_config(cfg, Path(DEFAULT_OUT), progress=False).data.max_items or 0)
+
+
 def _prior_dataset(cfg: Mapping[str, Any]) -> Any:
-    """The first ``stage2.train_images`` training images (the bundled photos draw that many
-    crops; other data sets are cut, so Fashion-MNIST is not tokenized in full)."""
+    """The first ``stage2.data.max_items`` training images (the bundled photos draw that
+    many crops; other data sets are cut, so Fashion-MNIST is not tokenized in full)."""
     from torch.utils.data import Subset
 
     from taming_plugins.data import get_dataset
 
-    n = int(cfg["stage2"]["train_images"])
+    n = _train_images(cfg)
     dataset = get_dataset(cfg["data"], int(cfg["image_size"]), split="train",
                           **_dataset_kwargs(cfg["data"], n))
     return Subset(dataset, range(n)) if len(dataset) > n else dataset  # type: ignore[arg-type]
@@ -188,38 +191,69 @@ def _log_every(steps: int) -> int:
     return max(steps // LOG_RECORDS, 1)
 
 
+def _stage_config(cls: Any, stage: str, run: Mapping[str, Any]) -> Any:
+    """``cls.from_dict(run)``, with errors naming the demo section (``stage1.train.x``)."""
+    try:
+        return cls.from_dict(run)
+    except ConfigError as exc:
+        raise ConfigError(f"{stage}.{exc}") from None
+
+
 # --------------------------------------------------------------------------- stages
+def _shared(cfg: Mapping[str, Any], run: dict[str, Any], out: Path, progress: bool) -> dict[str, Any]:
+    """Fill in the keys both demo runs share (data, size, seed, device, output, logging)."""
+    import copy
+
+    run = copy.deepcopy(run)
+    data = run.setdefault("data", {})
+    data.setdefault("train", str(cfg["data"]))
+    data.setdefault("image_size", int(cfg["image_size"]))
+    train = run.setdefault("train", {})
+    train.update(seed=int(cfg["seed"]), device=str(cfg["device"]), out=str(out), progress=progress)
+    steps = train.get("steps")
+    if isinstance(steps, int) and steps > 0:
+        every = _log_every(steps)
+        train.setdefault("log_every", every)
+        for key in ("image_every", "ckpt_every"):
+            train.setdefault(key, steps)
+    return run
+
+
 def stage1_config(cfg: Mapping[str, Any], out: Path, perceptual: Optional[dict[str, Any]],
-                  progress: bool) -> dict[str, Any]:
-    """The :mod:`~taming_plugins.training.stage1_config` run config of the demo tokenizer."""
-    s1, steps = cfg["stage1"], int(cfg["stage1"]["steps"])
-    return {
-        "tokenizer": {**cfg["tokenizer"], "resolution": int(cfg["image_size"])},
-        "loss": {"name": "vqgan", "perceptual": perceptual, "discriminator": s1["discriminator"],
-                 "disc_start": int(round(float(s1["disc_start_fraction"]) * steps)),
-                 "disc_weight": float(s1["disc_weight"])},
-        "data": {"train": str(cfg["data"]), "image_size": int(cfg["image_size"]),
-                 "batch_size": int(s1["batch_size"]), "val_batches": 1},
-        "optim": {"learning_rate": float(s1["learning_rate"])},
-        "train": {"steps": steps, "seed": int(cfg["seed"]), "out": str(out), "device": str(cfg["device"]),
-                  "log_every": _log_every(steps), "val_every": steps, "image_every": steps,
-                  "ckpt_every": steps, "keep_last": 1, "progress": progress},
-    }
+                  progress: bool) -> Any:
+    """The :class:`~taming_plugins.training.config.TokenizerTrainConfig` of the demo
+    tokenizer: the ``stage1`` run config, completed (``perceptual`` replaces the
+    ``auto``/``none`` choice)."""
+    from taming_plugins.training.config import TokenizerTrainConfig
+
+    run = _shared(cfg, dict(cfg["stage1"]), out, progress)
+    tokenizer = run.get("tokenizer")
+    if isinstance(tokenizer, Mapping):
+        run["tokenizer"] = {**tokenizer, "resolution": int(cfg["image_size"])}
+    loss = dict(run.get("loss") or {"name": "vqgan"})
+    loss["perceptual"] = perceptual
+    steps = run["train"].get("steps")
+    if cfg.get("disc_start_fraction") is not None and isinstance(steps, int):
+        loss["disc_start"] = int(round(float(cfg["disc_start_fraction"]) * steps))
+    run["loss"] = loss
+    train = run["train"]
+    train.setdefault("val_every", train.get("steps", 1))
+    return _stage_config(TokenizerTrainConfig, "stage1", run)
 
 
-def stage2_config(cfg: Mapping[str, Any], out: Path, progress: bool) -> dict[str, Any]:
-    """The :class:`~taming_plugins.training.stage2.PriorTrainConfig` of the demo prior."""
-    s2, smp, steps = cfg["stage2"], cfg["sampling"], int(cfg["stage2"]["steps"])
-    return {
-        "out_dir": str(out), "data": str(cfg["data"]), "image_size": int(cfg["image_size"]),
-        "data_kwargs": _dataset_kwargs(cfg["data"], int(s2["train_images"])),
-        "prior": dict(s2["prior"]), "conditioner": {"name": "sos"}, "steps": steps,
-        "batch_size": int(s2["batch_size"]), "lr": float(s2["lr"]), "log_every": _log_every(steps),
-        "ckpt_every": steps, "sample_every": steps, "num_samples": int(smp["num_samples"]),
-        "sampler": {"name": "autoregressive", "temperature": float(smp["temperature"]),
-                    "top_k": smp["top_k"]},
-        "keep_last": 1, "seed": int(cfg["seed"]), "device": str(cfg["device"]), "progress": progress,
-    }
+def stage2_config(cfg: Mapping[str, Any], out: Path, progress: bool, *,
+                  tokenizer: Optional[str] = None) -> Any:
+    """The :class:`~taming_plugins.training.config.PriorTrainConfig` of the demo prior:
+    the ``stage2`` run config, completed."""
+    from taming_plugins.training.config import PriorTrainConfig
+
+    run = _shared(cfg, dict(cfg["stage2"]), out, progress)
+    if tokenizer is not None:
+        run["tokenizer"] = tokenizer
+    max_items = run["data"].get("max_items")
+    if isinstance(max_items, int):
+        run["data"].setdefault("train_kwargs", _dataset_kwargs(cfg["data"], max_items))
+    return _stage_config(PriorTrainConfig, "stage2", run)
 
 
 # --------------------------------------------------------------------------- measurements
@@ -265,13 +299,18 @@ def timed_sample(pipeline: Pipeline, sampler: Sampler, n: int, grid: tuple[int, 
 
 
 def sampler_spec(cfg: Mapping[str, Any], vocab_limit: int, *, window: Optional[int] = None) -> dict[str, Any]:
-    """The autoregressive (``window=None``) or sliding-window sampler spec of the demo."""
-    smp = cfg["sampling"]
-    top_k = min(int(smp["top_k"]), vocab_limit) if smp["top_k"] is not None else None
-    common = {"temperature": float(smp["temperature"]), "top_k": top_k, "vocab_limit": vocab_limit}
+    """The pipeline's sampler spec: ``stage2.sampler`` (``window=None``), or a
+    sliding-window sampler with its ``temperature``/``top_k`` (``window`` given)."""
+    base = dict(cfg["stage2"].get("sampler") or {"name": "autoregressive"})
+    top_k = base.get("top_k")
+    if isinstance(top_k, int):
+        base["top_k"] = min(top_k, vocab_limit)
+    base["vocab_limit"] = vocab_limit
     if window is None:
-        return {"name": "autoregressive", **common}
-    return {"name": "sliding_window", "window": window, "policy": smp["sliding_policy"], **common}
+        return base
+    common = {k: base[k] for k in ("temperature", "top_k", "vocab_limit") if k in base}
+    return {"name": "sliding_window", "window": window, "policy": cfg["sampling"]["sliding_policy"],
+            **common}
 
 
 # --------------------------------------------------------------------------- images
@@ -333,19 +372,20 @@ def _train(cfg: Mapping[str, Any], out: Path, progress: bool, timer: PhaseTimer)
     from taming_plugins.training.stage1 import TokenizerTrainer
     from taming_plugins.training.stage2 import PriorTrainer
 
-    perceptual, perceptual_text = perceptual_choice(cfg["stage1"]["perceptual"])
+    perceptual, perceptual_text = perceptual_choice((cfg["stage1"].get("loss") or {}).get("perceptual"))
+    config1 = stage1_config(cfg, out / "tokenizer", perceptual, progress)
     log.info("stage 1/2: training the tokenizer (%d steps; perceptual loss: %s)",
-             cfg["stage1"]["steps"], perceptual_text)
-    with timer.phase("stage1"):
-        trainer1 = TokenizerTrainer(stage1_config(cfg, out / "tokenizer", perceptual, progress))
-        trainer1.fit()
+             config1.train.steps, perceptual_text)
+    with timer.phase("stage1"):  # the demo's own sub-runs are replaced on a re-run
+        trainer1 = TokenizerTrainer(config1)
+        trainer1.fit(overwrite=True)
     tokenizer: Tokenizer = trainer1.tokenizer.eval()
-    log.info("stage 2/2: training the prior (%d steps on the tokens of %d crops)",
-             cfg["stage2"]["steps"], cfg["stage2"]["train_images"])
+    config2 = stage2_config(cfg, out / "prior", progress)
+    log.info("stage 2/2: training the prior (%d steps on the tokens of %s crops)",
+             config2.train.steps, config2.data.max_items)
     with timer.phase("stage2"):
-        trainer2 = PriorTrainer(stage2_config(cfg, out / "prior", progress), tokenizer=tokenizer,
-                                dataset=_prior_dataset(cfg))
-        trainer2.fit()
+        trainer2 = PriorTrainer(config2, tokenizer=tokenizer)
+        trainer2.fit(overwrite=True)
     prior: Prior = trainer2.prior.eval()
     grid = (int(trainer2.cache.grid[0]), int(trainer2.cache.grid[1]))
     sampler = taming_core.create("sampler", **sampler_spec(cfg, tokenizer.vocab_size))
@@ -361,7 +401,7 @@ def run_demo(config: Optional[Union[Mapping[str, Any], str, Path]] = None,
 
     ``config`` and ``overrides`` are merged into the defaults by :func:`resolve_demo_config`.
     """
-    from taming_plugins.cli.common import resolve_device, seed_everything
+    from taming_plugins.training.runtime import resolve_device, seed_everything
     from taming_plugins.data import get_dataset
     from taming_plugins.training.artifacts import save_image_grid
 
@@ -389,8 +429,9 @@ def run_demo(config: Optional[Union[Mapping[str, Any], str, Path]] = None,
             recon_grid = torch.cat([shown, pipeline.reconstruct(shown)[0]])
             save_image_grid(recon_grid, files["reconstructions"], nrow=shown.shape[0])
         with timer.phase("sampling"):
+            n_samples = max(int(stage2_config(cfg, out, False).train.num_samples), 1)
             samples, metrics["sampling_tokens_per_s"] = timed_sample(
-                pipeline, pipeline.sampler, int(cfg["sampling"]["num_samples"]), grid, seed)
+                pipeline, pipeline.sampler, n_samples, grid, seed)
             save_image_grid(samples, files["samples"], nrow=shown.shape[0])
             scale = int(cfg["sampling"]["window_scale"])
             big = (grid[0] * scale, grid[1] * scale)
@@ -409,7 +450,8 @@ def run_demo(config: Optional[Union[Mapping[str, Any], str, Path]] = None,
         "data": str(cfg["data"]), "image_size": int(cfg["image_size"]), "token_grid": list(grid),
         "sliding_window_grid": list(big), "sliding_window": min(grid),
         "sliding_policy": cfg["sampling"]["sliding_policy"], "codebook_size": pipeline.tokenizer.vocab_size,
-        "stage1_steps": int(cfg["stage1"]["steps"]), "stage2_steps": int(cfg["stage2"]["steps"]),
+        "stage1_steps": int(stage1_config(cfg, out, None, False).train.steps),
+        "stage2_steps": int(stage2_config(cfg, out, False).train.steps),
         "perceptual_loss": perceptual_text, "val_images": n_val, "device": str(device),
         "threads": torch.get_num_threads(), "seed": seed, "torch": torch.__version__,
     }

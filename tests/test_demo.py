@@ -17,13 +17,14 @@ from taming_plugins.demo import (FILES, default_demo_config, perceptual_choice, 
 
 #: A demo small enough for the default test run (a few steps of each stage).
 TINY = {
-    "tokenizer": {"name": "vqgan", "ch": 32, "ch_mult": [1, 2, 2], "num_res_blocks": 1,
-                  "attn_resolutions": [], "z_channels": 8, "embed_dim": 8,
-                  "quantizer": {"name": "ema", "codebook_size": 32, "dim": 8}},
-    "stage1": {"batch_size": 4, "discriminator": {"name": "patchgan", "ndf": 8, "n_layers": 1}},
-    "stage2": {"batch_size": 8, "train_images": 32,
-               "prior": {"name": "gpt", "n_layer": 1, "n_head": 2, "n_embd": 32}},
-    "sampling": {"num_samples": 2, "top_k": 16},
+    "stage1": {"tokenizer": {"name": "vqgan", "ch": 32, "ch_mult": [1, 2, 2], "num_res_blocks": 1,
+                             "attn_resolutions": [], "z_channels": 8, "embed_dim": 8,
+                             "quantizer": {"name": "ema", "codebook_size": 32, "dim": 8}},
+               "loss": {"discriminator": {"name": "patchgan", "ndf": 8, "n_layers": 1}},
+               "data": {"batch_size": 4}},
+    "stage2": {"data": {"batch_size": 8, "max_items": 32},
+               "prior": {"name": "gpt", "n_layer": 1, "n_head": 2, "n_embd": 32},
+               "sampler": {"name": "autoregressive", "top_k": 16}, "train": {"num_samples": 2}},
     "eval": {"val_images": 8, "show_images": 4},
 }
 TINY_SIZE = 16          # 4×4 token grid
@@ -103,16 +104,33 @@ def test_summary_table_lists_metrics_and_files(tmp_path):
 
 
 def test_config_merges_and_overrides():
-    cfg = resolve_demo_config({"stage2": {"steps": 7}}, image_size=64, stage1__steps=9, seed=None)
-    assert (cfg["stage2"]["steps"], cfg["stage1"]["steps"], cfg["image_size"]) == (7, 9, 64)
+    cfg = resolve_demo_config({"stage2": {"train": {"steps": 7}}}, image_size=64,
+                              stage1__train__steps=9, seed=None)
+    assert (cfg["stage2"]["train"]["steps"], cfg["stage1"]["train"]["steps"], cfg["image_size"]) == (7, 9, 64)
     assert cfg["seed"] == default_demo_config()["seed"]  # None overrides are ignored
-    assert cfg["stage2"]["batch_size"] == default_demo_config()["stage2"]["batch_size"]
+    assert cfg["stage2"]["data"]["batch_size"] == default_demo_config()["stage2"]["data"]["batch_size"]
+
+
+def test_demo_builds_the_trainers_own_configs(tmp_path):
+    """No third schema: the demo's stages are TokenizerTrainConfig / PriorTrainConfig, the
+    classes `taming train-tokenizer` and `taming train-prior` read their --config with."""
+    from taming_plugins.demo import stage1_config, stage2_config
+    from taming_plugins.training.config import PriorTrainConfig, TokenizerTrainConfig
+
+    cfg = resolve_demo_config(TINY, image_size=16, stage1__train__steps=10)
+    one = stage1_config(cfg, tmp_path / "tok", None, progress=False)
+    two = stage2_config(cfg, tmp_path / "prior", progress=False)
+    assert isinstance(one, TokenizerTrainConfig) and isinstance(two, PriorTrainConfig)
+    assert TokenizerTrainConfig.from_dict(one.to_dict()) == one  # round trip through the CLI's reader
+    assert PriorTrainConfig.from_dict(two.to_dict()) == two
+    assert one.loss["disc_start"] == 7 and one.tokenizer["resolution"] == 16  # 0.7 of 10 steps
+    assert two.data.max_items == 32 and two.train.out == str(tmp_path / "prior")
 
 
 @pytest.mark.parametrize("bad, match", [
     ({"nonsense": 1}, "nonsense: unknown demo config key"),
-    ({"stage1": {"stpes": 3}}, "stage1.stpes: unknown key"),
-    ({"stage1": {"disc_start_fraction": 2}}, "disc_start_fraction"),
+    ({"stage1": {"train": {"stpes": 3}}}, "stage1.train.stpes: unknown key"),
+    ({"disc_start_fraction": 2}, "disc_start_fraction"),
     ({"sampling": {"sliding_policy": "fast"}}, "sliding_policy"),
     ({"image_size": 0}, "image_size"),
 ])
@@ -131,7 +149,7 @@ def test_perceptual_choice_is_explicit(monkeypatch, tmp_path):
     spec, text = perceptual_choice("auto")
     assert spec == {"name": "lpips"} and text.startswith("lpips")
     assert perceptual_choice("none")[0] is None
-    with pytest.raises(ConfigError, match="stage1.perceptual"):
+    with pytest.raises(ConfigError, match="stage1.loss.perceptual"):
         perceptual_choice(3)
 
 
@@ -141,10 +159,10 @@ def test_cli_usage_and_runtime_errors(tmp_path, capsys):
     assert exc.value.code == 2
     capsys.readouterr()
     bad = tmp_path / "bad.yaml"
-    bad.write_text("stage1: {stpes: 3}\n", encoding="utf-8")
+    bad.write_text("stage1: {train: {stpes: 3}}\n", encoding="utf-8")
     assert main(["demo", "--config", str(bad), "--out", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "stage1.stpes" in err[0]
+    assert len(err) == 1 and "stage1.train.stpes" in err[0]
 
 
 def test_prior_data_is_cut_to_train_images(tmp_path):
@@ -154,7 +172,7 @@ def test_prior_data_is_cut_to_train_images(tmp_path):
 
     for i in range(5):
         Image.fromarray(np.full((20, 20, 3), 40 * i, dtype=np.uint8)).save(tmp_path / f"{i}.png")
-    cfg = resolve_demo_config({"data": str(tmp_path), "stage2": {"train_images": 3}}, image_size=16)
+    cfg = resolve_demo_config({"data": str(tmp_path), "stage2": {"data": {"max_items": 3}}}, image_size=16)
     assert len(_prior_dataset(cfg)) == 3
-    cfg = resolve_demo_config({"stage2": {"train_images": 7}}, image_size=16)  # photos: drawn crops
+    cfg = resolve_demo_config({"stage2": {"data": {"max_items": 7}}}, image_size=16)  # photos: drawn crops
     assert len(_prior_dataset(cfg)) == 7

@@ -118,8 +118,8 @@ def _worker(spec_path: str) -> None:
         report[name] = entry
     for name, config in spec.get("priors", {}).items():
         prior_trainer = PriorTrainer(config)
-        metrics = prior_trainer.fit()
-        report[name] = {"step": prior_trainer.step, "loss": metrics["loss"],
+        result = prior_trainer.fit()
+        report[name] = {"step": result.step, "loss": result.metrics["loss"],
                         "ddp": type(prior_trainer.model).__name__,
                         "prior": max_rank_divergence(prior_trainer.prior)}
     if is_main_process():
@@ -143,12 +143,12 @@ def ddp_runs(tmp_path_factory) -> dict[str, Any]:
         "straight": {"config": tiny_config(root / "straight", steps=4, ckpt_every=2)},
     }
     spec = root / "spec.json"
-    priors = {"prior": {"out_dir": str(root / "prior"), "tokenizer": str(F4_CKPT), "image_size": 16,
-                        "data_kwargs": {"length": 8}, "prior": {"name": "gpt", "n_layer": 1, "n_head": 2,
-                                                               "n_embd": 32},
-                        "steps": STEPS, "batch_size": BATCH, "log_every": 1, "ckpt_every": STEPS,
-                        "sample_every": STEPS, "num_samples": 1, "pkeep": 0.5, "device": "cpu",
-                        "progress": False}}
+    priors = {"prior": {"tokenizer": str(F4_CKPT),
+                        "prior": {"name": "gpt", "n_layer": 1, "n_head": 2, "n_embd": 32},
+                        "data": {"image_size": 16, "train_kwargs": {"length": 8}, "batch_size": BATCH},
+                        "train": {"out": str(root / "prior"), "steps": STEPS, "log_every": 1,
+                                  "ckpt_every": STEPS, "image_every": STEPS, "num_samples": 1,
+                                  "pkeep": 0.5, "device": "cpu", "progress": False}}}
     spec.write_text(json.dumps({"out": str(root), "scenarios": scenarios, "priors": priors}))
     torchrun([str(Path(__file__).resolve()), "worker", str(spec)])
     return {"root": root, "report": json.loads((root / "report.json").read_text())}
@@ -214,9 +214,9 @@ def test_prior_trainer_under_torchrun(ddp_runs) -> None:
     entry, out = ddp_runs["report"]["prior"], ddp_runs["root"] / "prior"
     assert entry["step"] == STEPS and entry["ddp"] == "DistributedDataParallel"
     assert entry["prior"] == 0.0 and entry["loss"] > 0
-    assert CheckpointManager(out).latest().name.endswith(str(STEPS))
+    assert CheckpointManager(out / "checkpoints").latest().name.endswith(str(STEPS))
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl", "train")] == list(range(1, STEPS + 1))
-    assert len(list((out / "samples").glob("*.png"))) == 1
+    assert len(list((out / "images").glob("*.png"))) == 1
 
 
 def test_cli_train_tokenizer_under_torchrun(tmp_path) -> None:

@@ -246,13 +246,17 @@ def test_trains_through_the_stage2_trainer(tmp_path):
                                    n_embed=32, quantizer={"name": "vq"}).eval()
     prior = {"name": "llamagen", "image_vocab_size": 32, "num_classes": 3, "grid_size": 4,
              "n_layer": 1, "n_head": 2, "dim": 32, "multiple_of": 16}
-    cfg = PriorTrainConfig(out_dir=str(tmp_path / "run"), steps=4, batch_size=8, prior=prior, lr=3e-3,
-                           log_every=1, ckpt_every=4, sample_every=1000, num_samples=2, progress=False,
-                           device="cpu", seed=0, cache_dir=str(tmp_path / "cache"), cfg_drop=0.2,
-                           conditioner={"name": "class_label", "num_classes": 3})
+    cfg = PriorTrainConfig.from_dict({
+        "prior": prior, "conditioner": {"name": "class_label", "num_classes": 3},
+        "data": {"batch_size": 8, "cache_dir": str(tmp_path / "cache")},
+        "optim": {"learning_rate": 3e-3},
+        "train": {"out": str(tmp_path / "run"), "steps": 4, "log_every": 1, "ckpt_every": 4,
+                  "image_every": 1000, "num_samples": 2, "progress": False, "device": "cpu", "seed": 0,
+                  "cfg_drop": 0.2}})
     trainer = PriorTrainer(cfg, dataset=Labelled(), tokenizer=tokenizer)
-    metrics = trainer.fit()
-    assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
+    result = trainer.fit()
+    assert result.step == 4 and result.metrics
+    assert all(torch.isfinite(torch.tensor(v)) for v in result.metrics.values())
     assert trainer.write_samples(tmp_path / "samples.png").is_file()
     with pytest.raises(ValidationError, match="vocab_size"):
         LlamaGenPrior(32, 3, 4, n_layer=1, n_head=2, dim=32, vocab_size=40)

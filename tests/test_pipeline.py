@@ -86,5 +86,7 @@ def test_errors(pipe, tmp_path):
     other = Pipeline.from_config({**CONFIG, "prior": {**CONFIG["prior"], "n_embd": 32}})
     other.save(tmp_path / "o")
     (tmp_path / "p" / "pipeline.safetensors").write_bytes((tmp_path / "o" / "pipeline.safetensors").read_bytes())
-    with pytest.raises(CheckpointError, match="weights do not match pipeline.json"):
+    with pytest.raises(CheckpointError, match="SHA-256 .* does not match"):
         Pipeline.load(tmp_path / "p")
+    with pytest.raises(CheckpointError, match="weights do not match pipeline.json"):
+        Pipeline.load(tmp_path / "p", verify=False)

@@ -59,12 +59,26 @@ def photos() -> BundledPhotos:
     return BundledPhotos(IMAGE_SIZE, length=N_IMAGES, seed=SEED)
 
 
+#: Where each keyword of ``_config`` lives in the run config.
+_SECTION = {"steps": "train", "log_every": "train", "ckpt_every": "train", "image_every": "train",
+            "num_samples": "train", "progress": "train", "device": "train", "seed": "train",
+            "pkeep": "train", "cfg_drop": "train", "keep_last": "train", "divergence_factor": "train",
+            "batch_size": "data", "cache_dir": "data", "learning_rate": "optim"}
+
+
 def _config(out: Path, **kw) -> PriorTrainConfig:
-    base = dict(out_dir=str(out), steps=6, batch_size=8, prior=TINY_PRIOR, lr=3e-3, log_every=1,
-                ckpt_every=3, sample_every=1000, num_samples=2, progress=False, device="cpu",
-                seed=SEED, cache_dir=str(out.parent / "shared_cache"))
-    base.update(kw)
-    return PriorTrainConfig(**base)
+    cfg: dict = {"prior": TINY_PRIOR,
+                 "data": {"batch_size": 8, "cache_dir": str(out.parent / "shared_cache")},
+                 "optim": {"learning_rate": 3e-3},
+                 "train": {"out": str(out), "steps": 6, "log_every": 1, "ckpt_every": 3,
+                           "image_every": 1000, "num_samples": 2, "progress": False, "device": "cpu",
+                           "seed": SEED}}
+    for key, value in kw.items():
+        if key in _SECTION:
+            cfg[_SECTION[key]][key] = value
+        else:
+            cfg[key] = value
+    return PriorTrainConfig.from_dict(cfg)
 
 
 # --------------------------------------------------------------------------- token cache
@@ -120,7 +134,7 @@ def test_token_cache_stores_condition_ids(tokenizer, tmp_path) -> None:
 
 # --------------------------------------------------------------------------- training
 def test_short_run_loss_falls_and_writes_samples(tokenizer, photos, tmp_path) -> None:
-    cfg = _config(tmp_path / "run", steps=20, log_every=5, ckpt_every=20, sample_every=20)
+    cfg = _config(tmp_path / "run", steps=20, log_every=5, ckpt_every=20, image_every=20)
     trainer = PriorTrainer(cfg, dataset=photos, tokenizer=tokenizer)
     assert trainer.layout.prior_vocab_size == 33 and trainer.seq_len == 17
     assert trainer.prior.vocab_size == 33 and trainer.prior.block_size == 17
@@ -128,12 +142,12 @@ def test_short_run_loss_falls_and_writes_samples(tokenizer, photos, tmp_path) ->
     losses = [r["loss"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")]
     assert len(losses) == 4
     assert losses[-1] < losses[0] - 0.5, f"the loss did not fall: {losses}"
-    png = tmp_path / "run" / "samples" / "step_00000020.png"
+    png = tmp_path / "run" / "images" / "step_00000020.png"
     pad = 2  # torchvision's make_grid padding
     with Image.open(png) as img:  # 2 samples over their 2 reconstructions
         side = 2 * (IMAGE_SIZE + pad) + pad
         assert img.format == "PNG" and img.size == (side, side)
-    ckpt = CheckpointManager(tmp_path / "run").latest()
+    ckpt = CheckpointManager(tmp_path / "run" / "checkpoints").latest()
     assert ckpt is not None and (ckpt / "model.safetensors").is_file()
     stored = json.loads((ckpt / "config.json").read_text())
     assert stored["layout"] == {"image_vocab_size": 32, "cond_vocab_size": 1, "cond_offset": 32}
@@ -170,24 +184,26 @@ def test_class_conditional_run_with_pkeep_and_cfg(tokenizer, tmp_path) -> None:
     seq_loss = trainer.loss_on(tokens, cond, train=False)
     assert torch.isfinite(seq_loss)
     trainer.fit()
-    assert (tmp_path / "cond" / "samples" / "step_00000002.png").is_file()
+    assert (tmp_path / "cond" / "images" / "step_00000002.png").is_file()
 
 
 def test_nan_guard_stops_training(tokenizer, photos, tmp_path) -> None:
     trainer = PriorTrainer(_config(tmp_path / "nan", steps=2), dataset=photos, tokenizer=tokenizer)
     with torch.no_grad():
         trainer.prior.head.weight.fill_(float("nan"))
-    with pytest.raises(TrainingError, match="non-finite loss"):
+    with pytest.raises(TrainingError, match="step 1: non-finite loss"):
         trainer.fit()
 
 
 def test_config_errors(tmp_path) -> None:
-    with pytest.raises(ConfigError, match="unknown stage-2 option"):
-        PriorTrainConfig.from_dict({"out_dir": str(tmp_path), "stepz": 3})
-    with pytest.raises(ConfigError, match="pkeep"):
-        PriorTrainConfig(out_dir=str(tmp_path), pkeep=1.5)
+    with pytest.raises(ConfigError, match="stepz: unknown stage-2 config section"):
+        PriorTrainConfig.from_dict({"train": {"out": str(tmp_path)}, "stepz": 3})
+    with pytest.raises(ConfigError, match="train.stepz: unknown key"):
+        PriorTrainConfig.from_dict({"train": {"out": str(tmp_path), "stepz": 3}})
+    with pytest.raises(ConfigError, match="train.pkeep"):
+        PriorTrainConfig.from_dict({"train": {"pkeep": 1.5}})
     with pytest.raises(ConfigError, match="tokenizer: required"):
-        PriorTrainer(PriorTrainConfig(out_dir=str(tmp_path)))
+        PriorTrainer(PriorTrainConfig.from_dict({"train": {"out": str(tmp_path)}}))
 
 
 def test_prior_block_size_too_small_is_rejected(tokenizer, photos, tmp_path) -> None:
@@ -201,14 +217,14 @@ def test_cli_train_prior_from_original_checkpoint(fixtures_dir, tmp_path, capsys
     out = tmp_path / "cli"
     config = tmp_path / "prior.yaml"
     config.write_text("prior: {name: gpt, n_layer: 1, n_head: 2, n_embd: 32}\n"
-                      "data_kwargs: {length: 8}\nnum_samples: 1\n")
+                      "data: {train_kwargs: {length: 8}}\ntrain: {num_samples: 1}\n")
     argv = ["train-prior", "--tokenizer", str(fixtures_dir / "vqgan_f4.ckpt"), "--data", "photos",
             "--image-size", "32", "--out", str(out), "--config", str(config), "--steps", "2",
             "--batch-size", "4", "--max-items", "6", "--device", "cpu", "--no-progress"]
     assert cli_main(argv) == 0
     assert "trained prior to step 2" in capsys.readouterr().out
-    assert (out / "samples" / "step_00000002.png").is_file()
-    assert CheckpointManager(out).latest().name == "step_00000002"
+    assert (out / "images" / "step_00000002.png").is_file()
+    assert CheckpointManager(out / "checkpoints").latest().name == "step_00000002"
     meta = json.loads(next((out / "token_cache").glob("*.json")).read_text())
     assert meta["tokens_shape"] == [6, 64] and meta["cond_shape"] == [6, 1]  # --max-items, 8×8 grid
     # resuming a finished run trains no further and succeeds
@@ -265,4 +281,4 @@ def test_spatial_conditional_run_from_a_condition_tokenizer_checkpoint(tokenizer
     assert np.array_equal(np.asarray(trainer.cache.cond[0]),
                           depth_tok.encode(first).indices.flatten().numpy())
     trainer.fit()
-    assert (tmp_path / "spatial" / "samples" / "step_00000002.png").is_file()
+    assert (tmp_path / "spatial" / "images" / "step_00000002.png").is_file()

@@ -16,8 +16,9 @@
 from ._infer import infer_vqgan_config
 from .converted import load_converted, save_converted
 from .llamagen import LlamaGenCheckpoint
-from .vqgan import (IGNORED_KEYS, TamingCheckpoint, load_taming_checkpoint, load_vqgan_state,
-                    parse_original_config, save_taming_checkpoint)
+from .original import load_taming_checkpoint
+from .vqgan import (IGNORED_KEYS, TamingCheckpoint, load_vqgan_state, parse_original_config,
+                    save_taming_checkpoint)
 
 __all__ = [
     "IGNORED_KEYS", "LlamaGenCheckpoint", "TamingCheckpoint", "infer_vqgan_config", "load_converted", "load_taming_checkpoint",

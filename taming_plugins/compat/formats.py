@@ -31,7 +31,8 @@ from .converted import WEIGHTS_FILE as CONVERTED_WEIGHTS
 from .converted import load_converted
 from .llamagen import GPT_KIND, LlamaGenCheckpoint
 from .net2net import Net2NetCheckpoint
-from .vqgan import TamingCheckpoint, load_taming_checkpoint
+from .original import load_taming_checkpoint
+from .vqgan import TamingCheckpoint
 
 SUFFIXES = (".ckpt", ".pt", ".pth")
 #: Licences as stated by the authors (repository LICENSE files / Hub model cards).

@@ -41,7 +41,7 @@ from ..quantizers.vq import DEFAULT_BETA, VectorQuantizer
 from ..tokenizers.vqgan import VQGANTokenizer
 from ._infer import (DISC_LOSS_TARGET, DUMMY_LOSS_TARGET, GUMBEL_DEFAULT_KL_WEIGHT, GUMBELVQ,
                      VQMODEL, infer_discriminator_params, infer_kind, infer_vqgan_config)
-from ._state import (StateDict, drop_ignored, load_exact, read_checkpoint, save_lightning_checkpoint,
+from ._state import (StateDict, drop_ignored, load_exact, save_lightning_checkpoint,
                      split_prefix, with_prefix)
 
 log = logging.getLogger(__name__)
@@ -211,31 +211,10 @@ def load_vqgan_state(state_dict: Mapping[str, Tensor], config_params: Optional[M
     return tokenizer, discriminator, info
 
 
-def load_taming_checkpoint(ckpt_path: PathLike,
-                           config: Union[PathLike, Mapping[str, Any], None] = None) -> Any:
-    """Load an original taming-transformers checkpoint.
-
-    ``VQModel``/``GumbelVQ`` checkpoints give a :class:`TamingCheckpoint`. Checkpoints with
-    ``transformer.*`` keys (``Net2NetTransformer``) are handed to
-    ``taming_plugins.compat.net2net.load_net2net(state_dict, config, path)``, LlamaGen
-    files (``vq_ds16_c2i.pt``, ``c2i_B_256.pt``...) to
-    :func:`taming_plugins.compat.llamagen.load_llamagen_state`, which returns a
-    ``LlamaGenCheckpoint`` (there ``config`` may also be a preset name such as ``"GPT-B"``).
-
-    Args:
-        ckpt_path: the ``.ckpt``/``.pt`` file (read with ``weights_only=True``).
-        config: the original YAML (path or dict with ``model.target``/``model.params``),
-            or None to infer the architecture from key names and tensor shapes.
-    """
-    state, extra = read_checkpoint(ckpt_path)
-    from . import llamagen  # LlamaGen files (``{"model": ...}``) come through here too
-
-    if llamagen.detect(state) is not None:
-        return llamagen.load_llamagen_state(state, config, ckpt_path, extra)
-    if any(k.startswith("transformer.") for k in state):
-        from . import net2net  # the prior helper's module; imported only when needed
-
-        return net2net.load_net2net(state, config, ckpt_path)
+def load_vqmodel_checkpoint(state: StateDict, extra: Mapping[str, Any], ckpt_path: PathLike,
+                            config: Union[PathLike, Mapping[str, Any], None] = None) -> TamingCheckpoint:
+    """A ``VQModel``/``GumbelVQ`` checkpoint's state dict (read by
+    :func:`~taming_plugins.compat.original.load_taming_checkpoint`) -> :class:`TamingCheckpoint`."""
     kind_given, params = parse_original_config(config) if config is not None else (None, None)
     try:
         tokenizer, disc, info = load_vqgan_state(state, params, expected_kind=kind_given)
@@ -245,7 +224,7 @@ def load_taming_checkpoint(ckpt_path: PathLike,
              "inferred" if info["inferred"] else "given", len(info["ignored_keys"]))
     return TamingCheckpoint(tokenizer=tokenizer, discriminator=disc, config=info["config"],
                             kind=info["kind"], ignored_keys=info["ignored_keys"],
-                            inferred=info["inferred"], extra=extra)
+                            inferred=info["inferred"], extra=dict(extra))
 
 
 # --------------------------------------------------------------------------- saving

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from taming_core.errors import ValidationError
-from taming_core.validation import check_positive, check_tensor
+from taming_core.validation import check_cond_offset, check_positive, check_tensor
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,8 @@ class VocabLayout:
         check_positive(self.cond_vocab_size, "VocabLayout(cond_vocab_size)")
         if self.cond_offset is None:
             object.__setattr__(self, "cond_offset", self.image_vocab_size)
-        check_positive(self.cond_offset, "VocabLayout(cond_offset)", allow_zero=True)
+        check_cond_offset(self.cond_offset, self.image_vocab_size, self.cond_vocab_size,
+                          "VocabLayout(cond_offset)")
 
     @classmethod
     def original_unconditional(cls, n_embed: int, sos_token: int) -> "VocabLayout":

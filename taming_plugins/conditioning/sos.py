@@ -41,3 +41,8 @@ class SOSConditioner(ConditionerBase):
     @property
     def null_id(self) -> Optional[int]:
         return SOS_ID
+
+    @property
+    def takes_condition(self) -> bool:
+        """False: the SOS token depends on nothing but the batch size."""
+        return False

@@ -23,6 +23,30 @@ def item_generator(seed: int, epoch: int, index: int) -> np.random.Generator:
     return np.random.default_rng(mixed)
 
 
+#: Modes holding one channel of more than 8 bits per pixel, and the value read as white.
+#: 16-bit PNG/TIFF open as ``I;16*`` (or ``I``); ``I`` (32-bit int) is read in the same
+#: 16-bit range, since that is where such files come from; ``F`` (float TIFF) is read as
+#: [0, 1]. Values outside the range are clipped.
+WIDE_MODES = {"I;16": 65535.0, "I;16L": 65535.0, "I;16B": 65535.0, "I;16N": 65535.0,
+              "I": 65535.0, "F": 1.0}
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL image -> 8-bit RGB, with 16-bit and float images scaled to the 8-bit range.
+
+    ``convert("RGB")`` clips every 16-bit value above 255 to white; wide modes
+    (:data:`WIDE_MODES`) are rescaled first. Modes with an alpha channel (``LA``, ``RGBA``,
+    ``PA``) lose it, palette and CMYK images are converted by Pillow, 48-bit RGB PNGs
+    are already reduced to 8 bits per channel by Pillow's decoder.
+    """
+    white = WIDE_MODES.get(img.mode)
+    if white is not None:
+        arr = np.asarray(img, dtype=np.float64)
+        arr = np.clip(np.nan_to_num(arr, nan=0.0) * (255.0 / white), 0.0, 255.0)
+        img = Image.fromarray(np.rint(arr).astype(np.uint8), mode="L")
+    return img.convert("RGB")  # a loaded copy even for RGB (the file may close next)
+
+
 def to_tensor(img: Image.Image) -> torch.Tensor:
     """PIL image -> float C×H×W tensor in [-1, 1]."""
     arr = np.asarray(img, dtype=np.uint8)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Union
 
@@ -14,11 +15,11 @@ from torch.utils.data import Dataset
 
 from taming_core.errors import ValidationError
 
-from ._transforms import crop_resize_flip, item_generator
+from ._transforms import crop_resize_flip, item_generator, to_rgb
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
 class ImageFolder(Dataset):
@@ -42,14 +43,17 @@ class ImageFolder(Dataset):
         self.root = Path(root)
         if not self.root.is_dir():
             raise ValidationError(f"ImageFolder(root): {str(self.root)!r} is not a directory")
-        self.files = sorted(p for p in self.root.rglob("*")
-                            if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        everything = [p for p in self.root.rglob("*") if p.is_file()]
+        self.files = sorted(p for p in everything if p.suffix.lower() in IMAGE_EXTENSIONS)
         if not self.files:
+            others = Counter(p.suffix.lower() or "(no extension)" for p in everything)
+            skipped = (f"; {len(everything)} other file(s) skipped for their extension "
+                       f"({_summary(others)})" if everything else "; the folder is empty")
             raise ValidationError(f"ImageFolder(root): no {'/'.join(IMAGE_EXTENSIONS)} images "
-                                  f"under {str(self.root)!r}")
+                                  f"under {str(self.root)!r}{skipped}")
         self.size, self.random_crop, self.flip = size, random_crop, flip
         self.crop_scale, self.seed, self.epoch = crop_scale, seed, 0
-        self._bad: set[int] = set()
+        self._bad: dict[int, str] = {}
         self._warned = False
 
     @property
@@ -65,7 +69,7 @@ class ImageFolder(Dataset):
 
     def _open(self, index: int) -> Image.Image:
         with Image.open(self.files[index]) as img:
-            return img.convert("RGB")
+            return to_rgb(img)
 
     def __getitem__(self, index: int) -> torch.Tensor:
         n = len(self.files)
@@ -76,7 +80,7 @@ class ImageFolder(Dataset):
             try:
                 img = self._open(i)
             except (OSError, UnidentifiedImageError, ValueError) as exc:
-                self._bad.add(i)
+                self._bad[i] = _reason(exc)
                 if not self._warned:
                     self._warned = True
                     warnings.warn(f"ImageFolder: skipping unreadable image {self.files[i]} ({exc}); "
@@ -87,4 +91,22 @@ class ImageFolder(Dataset):
                 continue
             rng = item_generator(self.seed, self.epoch, index) if self.random_crop else None
             return crop_resize_flip(img, self.size, rng, crop_scale=self.crop_scale, flip=self.flip)
-        raise ValidationError(f"ImageFolder: none of the {n} files under {str(self.root)!r} is readable")
+        reasons = Counter(self._bad.values())
+        raise ValidationError(f"ImageFolder: no readable image under {str(self.root)!r}: all {n} "
+                              f"image file(s) skipped ({_summary(reasons)})")
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a file could not be read, without its path (so equal reasons group)."""
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image Pillow can identify"
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _summary(counts: Counter) -> str:
+    """``"2 × reason a, 1 × reason b"``, most frequent first, at most four reasons."""
+    parts = [f"{n} × {what}" for what, n in counts.most_common(4)]
+    if len(counts) > 4:
+        parts.append(f"{sum(counts.values()) - sum(n for _, n in counts.most_common(4))} × other")
+    return ", ".join(parts)

@@ -17,6 +17,10 @@ Semantics of the original ``VQLPIPSWithDiscriminator`` (taming-transformers,
 
 Differences, all documented choices:
 
+* A tokenizer that declares no last layer (``Tokenizer.last_layer`` is None) trains with
+  the fixed weight ``disc_weight`` instead of the adaptive one (the original always had
+  the decoder's ``conv_out``).
+
 * Before ``disc_start`` (disc_factor 0) the discriminator is not evaluated at all (the
   original runs it and multiplies by 0): same gradients, less work; the discriminator
   step is skipped then (:meth:`VQGANLoss.discriminator_active`).
@@ -37,7 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from taming_core.errors import ConfigError
-from taming_core.interfaces import Discriminator, GANObjective, PerceptualLoss
+from taming_core.interfaces import AutoencoderLoss, Discriminator, GANObjective, PerceptualLoss
 from taming_core.registry import create, create_from_spec, register
 from taming_core.validation import check_positive, check_tensor
 
@@ -70,7 +74,7 @@ def _norm(t: Tensor) -> Tensor:
 
 
 @register("loss", "vqgan")
-class VQGANLoss(nn.Module):
+class VQGANLoss(AutoencoderLoss):
     """L1 + perceptual reconstruction, quantizer loss and an adaptively weighted GAN term.
 
     Args:
@@ -103,11 +107,12 @@ class VQGANLoss(nn.Module):
         if not isinstance(disc, nn.Module):
             raise ConfigError(f"vqgan loss(discriminator): expected a Discriminator module, got "
                               f"{type(disc).__name__}")
-        self.discriminator: Discriminator = disc  # type: ignore[assignment]
-        self.perceptual: Optional[PerceptualLoss] = _build(perceptual, "loss", "perceptual")
-        if self.perceptual is not None and not isinstance(self.perceptual, nn.Module):
+        self.discriminator = disc
+        perceptual_module = _build(perceptual, "loss", "perceptual")
+        if perceptual_module is not None and not isinstance(perceptual_module, nn.Module):
             raise ConfigError(f"vqgan loss(perceptual): expected a PerceptualLoss module, got "
-                              f"{type(self.perceptual).__name__}")
+                              f"{type(perceptual_module).__name__}")
+        self.perceptual = perceptual_module
         objective = _build(gan_objective, "loss", "gan_objective")
         if not isinstance(objective, GANObjective):
             raise ConfigError(f"vqgan loss(gan_objective): expected a GANObjective such as 'hinge', "
@@ -117,6 +122,25 @@ class VQGANLoss(nn.Module):
         self.perceptual_weight, self.pixel_weight = float(perceptual_weight), float(pixel_weight)
         self.disc_weight, self.disc_factor = float(disc_weight), float(disc_factor)
         self.adaptive_weight, self.fused = bool(adaptive_weight), bool(fused)
+
+    # ------------------------------------------------------------------ parts
+    # Sub-modules registered under these names (state-dict keys ``discriminator.*`` and
+    # ``perceptual.*``); the properties declare them as the AutoencoderLoss contract says.
+    @property
+    def discriminator(self) -> Discriminator:  # type: ignore[override]
+        return self._modules.get("discriminator")  # type: ignore[return-value]
+
+    @discriminator.setter
+    def discriminator(self, module: nn.Module) -> None:
+        self._modules["discriminator"] = module
+
+    @property
+    def perceptual(self) -> Optional[PerceptualLoss]:  # type: ignore[override]
+        return self._modules.get("perceptual")  # type: ignore[return-value]
+
+    @perceptual.setter
+    def perceptual(self, module: Optional[nn.Module]) -> None:
+        self._modules["perceptual"] = module
 
     # ------------------------------------------------------------------ helpers
     def current_disc_factor(self, step: int) -> float:
@@ -144,7 +168,7 @@ class VQGANLoss(nn.Module):
 
     # ------------------------------------------------------------------ generator
     def generator_loss(self, inputs: Tensor, reconstructions: Tensor, quant_loss: Tensor, *,
-                       step: int, last_layer: Optional[Tensor] = None) -> tuple[Tensor, dict[str, float]]:
+                       step: int, last_layer: Optional[Tensor] = None) -> tuple[Tensor, dict[str, Tensor]]:
         """Loss of the tokenizer (autoencoder) step and its logged parts.
 
         Args:
@@ -153,8 +177,9 @@ class VQGANLoss(nn.Module):
             quant_loss: the quantizer's scalar loss.
             step: global step (for ``disc_start``).
             last_layer: the decoder's last weight (``tokenizer.last_layer``); needed for
-                the adaptive weight while training. Without it, or without gradients
-                (evaluation), the GAN weight is 0 as in the original.
+                the adaptive weight while training. Without gradients (evaluation) the GAN
+                weight is 0 as in the original; without a last layer (None) it is the
+                fixed ``disc_weight``.
         """
         check_tensor(inputs, "vqgan loss(inputs)", dims=("B", "C", "H", "W"), dtype="float")
         check_tensor(reconstructions, "vqgan loss(reconstructions)", dims=tuple(inputs.shape),
@@ -169,7 +194,8 @@ class VQGANLoss(nn.Module):
         fused_grad: Optional[Tensor] = None
         if self.discriminator_active(step):
             g_loss = self.gan_objective.generator_loss(self.discriminator(reconstructions))
-            if not self.adaptive_weight:
+            if not self.adaptive_weight or last_layer is None:
+                # no last layer declared (Tokenizer.last_layer is None): the fixed weight
                 d_weight = zero + self.disc_weight
             elif can_grad and self.fused:
                 grad_nll_x, = torch.autograd.grad(nll, reconstructions, retain_graph=True)
@@ -189,22 +215,23 @@ class VQGANLoss(nn.Module):
             total = surrogate + (total - surrogate).detach()
         logs = {"total_loss": total, "nll_loss": nll, "quant_loss": quant_loss, "g_loss": g_loss,
                 "d_weight": d_weight, "disc_factor": nll.new_tensor(disc_factor), **parts}
-        return total, {k: float(v.detach()) for k, v in logs.items()}
+        # Detached tensors, no device sync: the trainer averages them on logging steps.
+        return total, {k: v.detach() for k, v in logs.items()}
 
     def forward(self, inputs: Tensor, reconstructions: Tensor, quant_loss: Tensor, *, step: int,
-                last_layer: Optional[Tensor] = None) -> tuple[Tensor, dict[str, float]]:
+                last_layer: Optional[Tensor] = None) -> tuple[Tensor, dict[str, Tensor]]:
         """Same as :meth:`generator_loss`."""
         return self.generator_loss(inputs, reconstructions, quant_loss, step=step, last_layer=last_layer)
 
     # ------------------------------------------------------------------ discriminator
     def discriminator_loss(self, inputs: Tensor, reconstructions: Tensor, *,
-                           step: int) -> tuple[Tensor, dict[str, float]]:
+                           step: int) -> tuple[Tensor, dict[str, Tensor]]:
         """Loss of the discriminator step (inputs and reconstructions are detached)."""
         check_tensor(inputs, "vqgan loss(inputs)", dims=("B", "C", "H", "W"), dtype="float")
         disc_factor = self.current_disc_factor(step)
         logits_real = self.discriminator(inputs.detach())
         logits_fake = self.discriminator(reconstructions.detach())
         d_loss = disc_factor * self.gan_objective.discriminator_loss(logits_real, logits_fake)
-        return d_loss, {"disc_loss": float(d_loss.detach()),
-                        "logits_real": float(logits_real.detach().float().mean()),
-                        "logits_fake": float(logits_fake.detach().float().mean())}
+        return d_loss, {"disc_loss": d_loss.detach(),
+                        "logits_real": logits_real.detach().float().mean(),
+                        "logits_fake": logits_fake.detach().float().mean()}

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from taming_core import AutoregressivePrior, PriorCache, ValidationError, register
 from taming_core.ops import decode_linear
-from taming_core.validation import check_positive, check_tensor
+from taming_core.validation import check_positive, check_tensor, check_token_ids, token_range_error
 
 logger = logging.getLogger(__name__)
 
@@ -234,9 +234,19 @@ class GPT(AutoregressivePrior):
                                   f"size {self.block_size} of this prior")
         return t
 
-    def _embed(self, tokens: Tensor, start: int) -> Tensor:
+    def _embed(self, tokens: Tensor, start: int, name: str = "gpt(tokens)") -> Tensor:
+        """Token + position embeddings. Ids outside the vocabulary raise a ValidationError:
+        on CPU from the embedding's IndexError (free), on other devices by an explicit check
+        in eval mode for more than one token (prefills; training steps and single-token
+        decoding steps stay free of device syncs)."""
         t = tokens.shape[1]
-        return self.drop(self.tok_emb(tokens) + self.pos_emb[:, start:start + t])
+        if tokens.device.type != "cpu" and not self.training and t > 1:
+            check_token_ids(tokens, self.vocab_size, name)
+        try:
+            emb = self.tok_emb(tokens)
+        except IndexError:
+            raise token_range_error(tokens, self.vocab_size, name) from None
+        return self.drop(emb + self.pos_emb[:, start:start + t])
 
     def _logits(self, x: Tensor) -> Tensor:
         return decode_linear(self.ln_f(x), self.head)
@@ -245,7 +255,7 @@ class GPT(AutoregressivePrior):
     def forward(self, tokens: Tensor) -> Tensor:
         """Long B×T ids (T <= block_size) -> float logits B×T×V; position t predicts t+1."""
         t = self._check_tokens(tokens, "gpt.forward(tokens)")
-        x = self._embed(tokens, 0)
+        x = self._embed(tokens, 0, "gpt.forward(tokens)")
         mask = self._mask(0, t, tokens.device)
         for block in self.blocks:
             x = block(x, mask=mask)
@@ -275,7 +285,7 @@ class GPT(AutoregressivePrior):
             raise ValidationError(
                 f"gpt.forward_cached(tokens): the cache holds {cache.batch_size} sequences of "
                 f"{cache.max_len} positions ({start} used), got {tuple(tokens.shape)} tokens")
-        x = self._embed(tokens, start)
+        x = self._embed(tokens, start, "gpt.forward_cached(tokens)")
         mask = self._mask(start, t, tokens.device)
         for layer, block in enumerate(self.blocks):
             x = block(x, mask=mask, cache=(cache.keys[layer], cache.values[layer], start))

@@ -15,3 +15,8 @@ Every quantizer validates its input (float B×C×H×W, finite) and reports
 ``usage``, ``perplexity`` and ``usage_window`` (running usage over the last
 training batches) in :attr:`~taming_core.QuantizerOutput.metrics`.
 """
+
+# Helpers a quantizer plugin needs to report the same metrics as the built-ins (public API).
+from ._common import UsageTracker, check_latent, code_counts, finalize_metrics
+
+__all__ = ["UsageTracker", "check_latent", "code_counts", "finalize_metrics"]

@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from taming_core.errors import ValidationError
 from taming_core.validation import check_positive, check_tensor
 
 #: Batches over which :class:`UsageTracker` reports the running usage by default.
@@ -54,7 +55,7 @@ def log2_int(value: int, name: str) -> int:
     check_positive(value, name)
     bits = int(value).bit_length() - 1
     if 1 << bits != value:
-        raise ValueError(f"{name}: expected a power of two, got {value}")
+        raise ValidationError(f"{name}: expected a power of two, got {value}")
     return bits
 
 

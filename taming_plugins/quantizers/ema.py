@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from taming_core import Quantizer, QuantizerOutput, register
 from taming_core.ops import nearest_code
-from taming_core.validation import check_positive, check_tensor
+from taming_core.validation import check_number, check_positive, check_tensor
 
 from ._common import (DEFAULT_USAGE_WINDOW, UsageTracker, all_reduce_sum_, broadcast_, check_latent,
                       code_counts, finalize_metrics, from_rows, is_rank_zero, straight_through,
@@ -88,8 +88,7 @@ class EMAQuantizer(Quantizer):
         check_positive(eps, "ema(eps)", integer=False)
         check_positive(dead_code_threshold, "ema(dead_code_threshold)", allow_zero=True)
         check_positive(kmeans_iters, "ema(kmeans_iters)")
-        if not 0.0 <= decay < 1.0:
-            raise ValueError(f"ema(decay): expected a number in [0, 1), got {decay!r}")
+        check_number(decay, "ema(decay)", 0.0, 1.0, high_open=True)
         self._codebook_size, self.dim = codebook_size, dim
         self.beta, self.decay, self.eps = float(beta), float(decay), float(eps)
         self.dead_code_threshold, self.kmeans_init = int(dead_code_threshold), bool(kmeans_init)

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from taming_core import Quantizer, QuantizerOutput, register
-from taming_core.validation import check_positive, check_tensor
+from taming_core.validation import check_int_sequence, check_positive, check_tensor
 
 from ._common import (DEFAULT_USAGE_WINDOW, ChannelProjection, UsageTracker, check_latent,
                       code_counts, finalize_metrics, from_rows, straight_through, to_rows)
@@ -38,11 +38,7 @@ class FSQuantizer(Quantizer):
     def __init__(self, levels: Sequence[int] = DEFAULT_LEVELS, dim: Optional[int] = None, *,
                  usage_window: int = DEFAULT_USAGE_WINDOW) -> None:
         super().__init__()
-        levels = list(levels)
-        if not levels or any(isinstance(v, bool) or not isinstance(v, int) or v < MIN_LEVELS
-                             for v in levels):
-            raise ValueError(f"fsq(levels): expected a non-empty list of integers >= {MIN_LEVELS}, "
-                             f"got {levels!r}")
+        levels = check_int_sequence(levels, "fsq(levels)", minimum=MIN_LEVELS, nonempty=True)
         self.levels = levels
         self.dim = len(levels) if dim is None else dim
         check_positive(self.dim, "fsq(dim)")

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from taming_core import Quantizer, QuantizerOutput, register
+from taming_core import Quantizer, QuantizerOutput, ValidationError, register
 from taming_core.validation import check_positive, check_tensor
 
 from ._common import (DEFAULT_USAGE_WINDOW, ChannelProjection, UsageTracker, check_latent,
@@ -62,8 +62,8 @@ class LookupFreeQuantizer(Quantizer):
                  usage_window: int = DEFAULT_USAGE_WINDOW) -> None:
         super().__init__()
         if (codebook_bits is None) == (codebook_size is None):
-            raise ValueError("lfq: give exactly one of codebook_bits and codebook_size, got "
-                             f"codebook_bits={codebook_bits!r}, codebook_size={codebook_size!r}")
+            raise ValidationError("lfq: give exactly one of codebook_bits and codebook_size, got "
+                                  f"codebook_bits={codebook_bits!r}, codebook_size={codebook_size!r}")
         if codebook_bits is None:
             codebook_bits = log2_int(codebook_size, "lfq(codebook_size)")  # type: ignore[arg-type]
         check_positive(codebook_bits, "lfq(codebook_bits)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Iterator, Optional
 
 import torch
@@ -45,8 +46,8 @@ def check_progress(progress: Optional[ProgressCallback], name: str) -> None:
 def check_guidance(scale: object, null_condition: Optional[Tensor], name: str) -> float:
     """Validate a classifier-free guidance scale (1.0 = off; otherwise a null condition
     for the unconditional branch is required)."""
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise ValidationError(f"{name}: expected a number, got {scale!r}")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValidationError(f"{name}: expected a finite number, got {scale!r}")
     if scale != 1.0 and null_condition is None:
         raise ValidationError(f"{name}: a scale other than 1.0 needs null_condition (the "
                               "condition of the unconditional branch)")
@@ -109,6 +110,9 @@ def prefix_condition(condition: Optional[Tensor], grid: tuple[int, int], batch_s
             raise ValidationError(
                 f"{name}: condition is None and no sos_token is set; pass Long B×L prefix "
                 "tokens (e.g. the SOS id) or create the sampler with sos_token=<id>")
+        if sos_token >= vocab_size:
+            raise ValidationError(f"{name}: sos_token {sos_token} is not an id of the prior's "
+                                  f"vocabulary; expected at most {vocab_size - 1}")
         return torch.full((batch_size, 1), sos_token, dtype=torch.long, device=device)
     check_tensor(condition, name, dtype="long")
     if condition.dim() == 3:

@@ -7,6 +7,7 @@ token ids.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -34,6 +35,11 @@ def top_p_filter(logits: Tensor, p: float) -> Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
+#: Smallest accepted temperature: logits up to 1e32 in magnitude divided by it stay
+#: finite in float32 (the division runs in float32 whatever the logits' dtype).
+MIN_TEMPERATURE = 1e-6
+
+
 @dataclass(frozen=True)
 class SamplingOptions:
     """How next tokens are drawn from logits.
@@ -55,8 +61,11 @@ class SamplingOptions:
 
     def __post_init__(self) -> None:
         t = self.temperature
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0:
-            raise ValidationError(f"temperature: expected a number > 0, got {t!r}")
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) \
+                or not t >= MIN_TEMPERATURE:
+            raise ValidationError(f"temperature: expected a finite number >= {MIN_TEMPERATURE:g} "
+                                  f"(smaller ones overflow the scaled logits; use greedy=True for "
+                                  f"argmax decoding), got {t!r}")
         k = self.top_k
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k <= 0):
             raise ValidationError(f"top_k: expected None or an integer > 0, got {k!r}")
@@ -81,7 +90,7 @@ class SamplingOptions:
         if self.vocab_limit is not None and self.vocab_limit < logits.shape[-1]:
             logits = logits[..., :self.vocab_limit]
         if self.temperature != 1.0:
-            logits = logits / self.temperature
+            logits = logits.float() / self.temperature  # fp16/bf16 logits would overflow
         if self.top_k is not None:
             logits = top_k_filter(logits, self.top_k)
         if self.top_p is not None and self.top_p < 1.0:

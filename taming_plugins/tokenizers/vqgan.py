@@ -42,7 +42,8 @@ from torch import Tensor, nn
 from taming_core import (Encoded, Quantizer, QuantizerOutput, Tokenizer, create_from_spec, get,
                          register, spec_of)
 from taming_core.errors import ConfigError, ValidationError
-from taming_core.validation import check_divisible, check_positive, check_tensor
+from taming_core.validation import (check_divisible, check_int_sequence, check_positive,
+                                    check_quantizer_output, check_tensor)
 
 from ._vqgan_modules import RESAMPLE_FACTOR, Decoder, Encoder
 
@@ -122,8 +123,10 @@ class VQGANTokenizer(Tokenizer):
         if quant_conv_channels is None:
             quant_conv_channels = int(getattr(quantizer, "in_channels", None) or embed_dim)
         self._arch: dict[str, Any] = dict(
-            ch=ch, ch_mult=[int(m) for m in ch_mult], num_res_blocks=num_res_blocks,
-            attn_resolutions=[int(r) for r in attn_resolutions], z_channels=z_channels,
+            ch=ch, ch_mult=check_int_sequence(ch_mult, "vqgan(ch_mult)", minimum=1, nonempty=True),
+            num_res_blocks=num_res_blocks,
+            attn_resolutions=check_int_sequence(attn_resolutions, "vqgan(attn_resolutions)", minimum=1),
+            z_channels=z_channels,
             in_channels=in_channels, out_ch=out_ch, resolution=resolution, dropout=float(dropout),
             double_z=bool(double_z), resamp_with_conv=bool(resamp_with_conv), embed_dim=embed_dim,
             quant_conv_channels=int(quant_conv_channels), grad_checkpointing=bool(grad_checkpointing),
@@ -209,13 +212,18 @@ class VQGANTokenizer(Tokenizer):
         check_divisible(sizes["H"], sizes["W"], self.downsample_factor, name)
 
     def encode_to_prequant(self, images: Tensor) -> Tensor:
-        """Images -> continuous latent after ``quant_conv`` (the quantizer's input)."""
+        """Images -> continuous latent after ``quant_conv`` (the quantizer's input).
+        Float images of another dtype (float64, fp16, bf16) are cast to the weights' dtype."""
         self.check_images(images)
+        images = images.to(self.quant_conv.weight.dtype)  # no-op when the dtypes agree
         return self.quant_conv(self.encoder(self._prepare(images)))
 
     def quantize_latent(self, z: Tensor) -> QuantizerOutput:
-        """Quantize a latent from :meth:`encode_to_prequant`."""
-        return self.quantize(z)
+        """Quantize a latent from :meth:`encode_to_prequant`; a plugin quantizer's output is
+        checked (shapes and dtypes, no device sync) where it is consumed."""
+        out = self.quantize(z)
+        check_quantizer_output(out, z, self.quantize, int(self.quantize.num_levels))
+        return out
 
     def encode(self, images: Tensor) -> Encoded:
         out = self.quantize_latent(self.encode_to_prequant(images))

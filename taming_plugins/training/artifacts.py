@@ -14,7 +14,7 @@ from taming_core import Tokenizer, create_from_spec
 from taming_core.errors import CheckpointError
 from taming_core.io import atomic_path, read_json
 
-from .checkpoint import CONFIG_FILE, STATE_FILE, CheckpointManager
+from .checkpoint import CONFIG_FILE, RUN_CHECKPOINTS, STATE_FILE, CheckpointManager
 from .ema import EMA
 
 log = logging.getLogger(__name__)
@@ -25,8 +25,6 @@ PathLike = Union[str, os.PathLike]
 TOKENIZER_MODULE = "tokenizer"
 #: Stateful entry under which the stage-1 trainer stores the tokenizer's EMA weights.
 EMA_STATE = "ema"
-#: Sub-directory of a stage-1 run directory holding its checkpoints.
-RUN_CHECKPOINTS = "checkpoints"
 #: File suffixes of original taming-transformers (Lightning) checkpoints.
 ORIGINAL_SUFFIXES = (".ckpt", ".pt", ".pth")
 
@@ -88,9 +86,12 @@ def load_frozen_tokenizer(source: Union[PathLike, Tokenizer], *, use_ema: bool =
 
         tokenizer = load_converted(path).tokenizer
     elif path.is_file() and path.suffix.lower() in ORIGINAL_SUFFIXES:
-        from taming_plugins.compat import load_taming_checkpoint
+        from taming_plugins.compat import LlamaGenCheckpoint, TamingCheckpoint, load_taming_checkpoint
+        from taming_plugins.compat.net2net import Net2NetCheckpoint
 
-        tokenizer = getattr(load_taming_checkpoint(path), TOKENIZER_MODULE, None)
+        loaded = load_taming_checkpoint(path)  # VQModel/GumbelVQ, Net2Net or LlamaGen
+        tokenizer = loaded.tokenizer if isinstance(
+            loaded, (TamingCheckpoint, Net2NetCheckpoint, LlamaGenCheckpoint)) else loaded
     else:
         raise CheckpointError(f"{path}: expected a stage-1 checkpoint directory (with {STATE_FILE}), "
                               f"a converted checkpoint directory (with {CONFIG_FILE}) or an original "

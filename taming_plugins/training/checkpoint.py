@@ -28,7 +28,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Protocol, Union
@@ -49,6 +49,8 @@ TRAIN_STATE_FILE = "train_state.safetensors"
 STATE_FILE = "state.json"
 CONFIG_FILE = "config.json"
 INDEX_FILE = "index.json"
+#: Sub-directory of a run directory that holds its checkpoints (both trainers).
+RUN_CHECKPOINTS = "checkpoints"
 #: Checkpoint directories are named ``step_<zero-padded step>``.
 STEP_PREFIX = "step_"
 STEP_DIGITS = 8
@@ -86,15 +88,38 @@ def module_state_tensors(modules: Mapping[str, nn.Module]) -> dict[str, torch.Te
     return out
 
 
+def state_dict_mismatch(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor]) -> Optional[str]:
+    """One phrase naming the first missing, unexpected and mis-shaped keys (None if they fit)."""
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    misshaped = [k for k in expected if k in given and tuple(expected[k].shape) != tuple(given[k].shape)]
+    parts = []
+    for what, keys in (("missing", missing), ("unexpected", unexpected)):
+        if keys:
+            more = f" (+{len(keys) - 1} more)" if len(keys) > 1 else ""
+            parts.append(f"{what} {keys[0]}{more}")
+    if misshaped:
+        k = misshaped[0]
+        more = f" (+{len(misshaped) - 1} more)" if len(misshaped) > 1 else ""
+        parts.append(f"mis-shaped {k}: checkpoint {tuple(given[k].shape)}, model "
+                     f"{tuple(expected[k].shape)}{more}")
+    return "; ".join(parts) if parts else None
+
+
 def load_module_tensors(modules: Mapping[str, nn.Module], tensors: Mapping[str, torch.Tensor],
                         source: Union[str, Path]) -> None:
-    """Strictly load prefixed tensors (see :func:`module_state_tensors`) into ``modules``."""
+    """Strictly load prefixed tensors (see :func:`module_state_tensors`) into ``modules``;
+    a mismatch names the first missing, unexpected and mis-shaped keys."""
     for name, module in modules.items():
         prefix = f"{name}."
         sub = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
         if not sub and module.state_dict():
             raise CheckpointError(f"{source}: no weights for module {name!r} (found prefixes "
                                   f"{sorted({k.split('.')[0] for k in tensors})})")
+        problem = state_dict_mismatch(module.state_dict(), sub)
+        if problem is not None:
+            raise CheckpointError(f"{source}: weights of {name!r} do not match the model ({problem}); "
+                                  f"was it trained with a different config?")
         try:
             module.load_state_dict(sub, strict=True)
         except RuntimeError as exc:
@@ -155,6 +180,40 @@ class CheckpointManager:
         if best is None:
             return True
         return value < best if self.best_mode == "min" else value > best
+
+    # ------------------------------------------------------------------ crash leftovers
+    def recover(self) -> list[str]:
+        """Clean up after a crash; returns what was done (one phrase per item).
+
+        * unfinished checkpoint directories (``.step_*.tmp``, ``.step_*.old``) and index
+          files (``.index.json.*.tmp``) are deleted;
+        * a complete ``step_*`` directory that was moved into place but not indexed is
+          added to the index (it is recovered, not redone); older ones beyond
+          ``keep_last`` are rotated out as usual.
+        """
+        if not self.is_main_process or not self.directory.is_dir():
+            return []
+        done: list[str] = []
+        for path in sorted(self.directory.glob(f".{STEP_PREFIX}*")):
+            if path.name.endswith((".tmp", ".old")):
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink()
+                done.append(f"removed {path.name}")
+        for path in sorted(self.directory.glob(f".{INDEX_FILE}.*.tmp")):
+            path.unlink()
+            done.append(f"removed {path.name}")
+        index_path = self.directory / INDEX_FILE
+        if index_path.is_file():
+            indexed = set(self._index()["checkpoints"])
+            found = sorted(p.name for p in self.directory.glob(f"{STEP_PREFIX}*")
+                           if (p / STATE_FILE).is_file() and (p / MODEL_FILE).is_file())
+            newest = max(indexed) if indexed else ""
+            for name in found:
+                if name not in indexed and name > newest:
+                    self._update_index(name, read_json(self.directory / name / STATE_FILE).get("metrics", {}))
+                    done.append(f"recovered {name}")
+        for item in done:
+            log.warning("%s: %s (left by an interrupted run)", self.directory, item)
+        return done
 
     # ------------------------------------------------------------------ save
     def save(self, step: int, *, modules: Mapping[str, nn.Module],
@@ -232,7 +291,11 @@ class CheckpointManager:
         path = Path(which)
         if (path / STATE_FILE).is_file():
             return path
-        latest = CheckpointManager(path).latest() if path.is_dir() else None
+        latest = None
+        for base in (path / RUN_CHECKPOINTS, path):  # a run directory, or a directory of step_*
+            latest = CheckpointManager(base).latest() if base.is_dir() else None
+            if latest is not None:
+                break
         if latest is None:
             raise CheckpointError(f"{path}: not a checkpoint directory (expected {STATE_FILE} and "
                                   f"{MODEL_FILE}, or a directory of {STEP_PREFIX}* checkpoints)")
@@ -241,8 +304,11 @@ class CheckpointManager:
     def load(self, which: Union[str, os.PathLike] = "latest", *, modules: Mapping[str, nn.Module],
              optimizers: Optional[Mapping[str, torch.optim.Optimizer]] = None,
              stateful: Optional[Mapping[str, Stateful]] = None,
-             restore_rng: bool = True) -> Checkpoint:
-        """Restore ``modules``/``optimizers``/``stateful`` (and RNG states) in place."""
+             restore_rng: bool = True, optional: Collection[str] = ()) -> Checkpoint:
+        """Restore ``modules``/``optimizers``/``stateful`` (and RNG states) in place.
+
+        ``optional`` names stateful entries that checkpoints of earlier versions lack
+        (they keep their current state then)."""
         path = self.resolve(which)
         state = read_json(path / STATE_FILE)
         if state.get("format") != FORMAT:
@@ -253,6 +319,8 @@ class CheckpointManager:
         for kind, objects in (("optimizers", optimizers or {}), ("stateful", stateful or {})):
             saved = train_state.get(kind, {})
             for key, obj in objects.items():
+                if key not in saved and key in optional:
+                    continue
                 if key not in saved:
                     raise CheckpointError(f"{path}: no {kind[:-1] if kind == 'optimizers' else kind} "
                                           f"state {key!r} (saved: {sorted(saved)})")

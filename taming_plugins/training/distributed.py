@@ -29,7 +29,7 @@ import logging
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 import torch.distributed as dist
@@ -227,6 +227,20 @@ class ShardedDataStream(DataStream):
 
 
 # --------------------------------------------------------------------------- modules
+class EntryPoint(nn.Module):
+    """``forward`` = a declared method of ``module`` (e.g. ``Tokenizer.reconstruct``,
+    ``Prior.loss``), so DDP and ``torch.compile`` can wrap any component through the
+    entry point its interface declares, not through an undeclared ``forward``."""
+
+    def __init__(self, module: nn.Module, method: Callable[..., Any]) -> None:
+        super().__init__()
+        self.module = module
+        self.method = method
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.method(*args, **kwargs)
+
+
 def wrap_ddp(module: nn.Module, device: DeviceLike, *, broadcast_buffers: bool = False,
              find_unused_parameters: bool = False) -> nn.Module:
     """``DistributedDataParallel(module)`` when distributed, else ``module`` itself.

@@ -5,8 +5,8 @@
   sees exactly the batches an uninterrupted one would. Datasets with ``set_epoch``
   get it called so their augmentation changes per epoch (and stays reproducible).
 * :func:`check_finite` raises :class:`~taming_core.TrainingError` naming the step and the
-  loss that became NaN/Inf; call it before an optimizer step and before saving, so the
-  last good checkpoint is never overwritten by a diverged state.
+  loss that became NaN/Inf (a standalone helper: it syncs with the device; the trainers
+  use :class:`~taming_plugins.training.guard.DivergenceGuard`, which does not per step).
 * :class:`Progress` is a tqdm bar showing the latest losses (disabled off the main process).
 """
 

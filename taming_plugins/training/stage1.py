@@ -6,27 +6,31 @@ Python API::
     result = TokenizerTrainer(config).fit()          # config: dict or YAML/JSON path
     result = train_tokenizer(config, steps=200, out="runs/vq", resume=True)
 
-The config schema and the original LR rule are documented in
-:mod:`taming_plugins.training.stage1_config`.
+The config is a :class:`~taming_plugins.training.config.TokenizerTrainConfig` (sections
+``tokenizer``, ``loss``, ``data``, ``optim``, ``train``; a dict or YAML/JSON path is read
+with its ``from_dict``); the original LR rule is in :mod:`.stage1_config`. The loop, the
+run directory, checkpoints, metrics and the divergence guard are the shared
+:class:`~taming_plugins.training.trainer.Trainer`'s.
 
 One step (:meth:`TokenizerTrainer.train_step`) = ``accumulate_grad_batches`` micro-batches:
 
-1. tokenizer update: reconstruct, :meth:`VQGANLoss.generator_loss` (adaptive GAN weight at
-   the decoder's last layer), backward, NaN/Inf check, optional grad clipping, Adam step;
+1. tokenizer update: reconstruct, :meth:`AutoencoderLoss.generator_loss` (adaptive GAN
+   weight at :attr:`Tokenizer.last_layer`; without one the loss uses its fixed weight and
+   the trainer says so once), backward, optional grad clipping, Adam step;
 2. discriminator update (from ``disc_start`` on): the detached reconstructions of step 1
    (the original recomputes them with a second tokenizer forward; reusing them saves that
    pass), hinge/vanilla/... loss, Adam step;
 3. EMA update of the tokenizer weights (optional).
 
-Outputs in ``train.out``: ``metrics.jsonl``, ``images/step_*.png`` (inputs row above
-reconstructions row), ``checkpoints/step_*`` (see :mod:`.checkpoint`; modules
+Outputs in ``train.out`` (the shared run layout): ``metrics.jsonl``, ``images/step_*.png``
+(inputs row above reconstructions row), ``checkpoints/step_*`` (see :mod:`.checkpoint`; modules
 ``tokenizer`` and ``discriminator``; ``config.json`` holds the resolved run config with the
 tokenizer's own ``get_config()``, so stage 2 can rebuild it). ``resume`` restores
 tokenizer, discriminator, both optimizers, EMA, RNG states and the data position, and
 continues on the same loss trajectory as an uninterrupted run.
 
 DDP-ready structure: :meth:`train_step` holds the model/optimizer logic only; logging,
-images and checkpoints run in :meth:`_after_step`, guarded by ``is_main_process``.
+images and checkpoints run in the shared loop, guarded by ``is_main_process``.
 Under ``torchrun`` (``train.distributed: auto``) the tokenizer and the discriminator
 step run through DistributedDataParallel and the data is sharded per rank; see
 :mod:`.distributed` and ``docs/scaling.md``.
@@ -38,46 +42,37 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
-from taming_core import Tokenizer, create_from_spec
-from taming_core.errors import ConfigError, TrainingError
+from taming_core import AutoencoderLoss, Tokenizer, create_from_spec
+from taming_core.errors import ConfigError
+from taming_core.validation import check_tensor
 
 from .artifacts import save_image_grid
-from .checkpoint import CheckpointManager
-from .distributed import (ShardedDataStream, barrier, broadcast_buffers_, broadcast_module_,
-                          fast_optimizer_kwargs, init_distributed, local_device, maybe_compile, no_sync,
-                          reduce_metrics, use_wrapped, wrap_ddp)
+from .config import TokenizerTrainConfig
+from .distributed import (EntryPoint, ShardedDataStream, broadcast_buffers_, broadcast_module_,
+                          fast_optimizer_kwargs, maybe_compile, no_sync, use_wrapped, wrap_ddp)
 from .ema import EMA
-from .loop import DataStream, Progress, check_finite
-from .metrics import MetricsLogger
-from .stage1_config import learning_rate, resolve_config
+from .loop import DataStream
+from .stage1_config import learning_rate
+from .trainer import CHECKPOINT_DIR, IMAGES_DIR, METRICS_FILE, FitResult, Trainer
 
 log = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.jsonl"
-IMAGES_DIR = "images"
-CHECKPOINT_DIR = "checkpoints"
+__all__ = ["CHECKPOINT_DIR", "FitResult", "IMAGES_DIR", "METRICS_FILE", "TokenizerTrainer",
+           "build_component", "train_tokenizer"]
+
 #: Columns of the reconstruction grid (one per validation image shown).
 GRID_IMAGES = 8
 #: Seed offset of the validation stream so it never aliases the training order.
 _VAL_SEED_OFFSET = 7_919
-
-
-@dataclass
-class FitResult:
-    """Summary of :meth:`TokenizerTrainer.fit`."""
-
-    step: int
-    out: Path
-    train_metrics: list[dict[str, float]] = field(default_factory=list)
-    val_metrics: dict[str, float] = field(default_factory=dict)
-    last_checkpoint: Optional[Path] = None
+#: Registry kind of the stage-1 objective (``vqgan`` is registered there).
+LOSS_KIND = "autoencoder_loss"
+#: Images are checked against this range at the entry point and on logging steps.
+IMAGE_RANGE = (-1.0, 1.0)
 
 
 def build_component(kind: str, spec: Mapping[str, Any]) -> Any:
@@ -93,87 +88,109 @@ def build_component(kind: str, spec: Mapping[str, Any]) -> Any:
         raise ConfigError(f"{kind}: {kind} {spec['name']!r} rejected its arguments: {exc}") from None
 
 
-def _float_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
-    return {k: float(v.detach()) if isinstance(v, Tensor) else float(v) for k, v in metrics.items()}
+def build_loss(spec: Mapping[str, Any]) -> AutoencoderLoss:
+    """The stage-1 objective from the ``loss`` section (registry kind ``autoencoder_loss``)."""
+    from taming_core.registry import KINDS
+
+    # Until the registry has the kind, the built-in loss sits under "loss".
+    kind = LOSS_KIND if LOSS_KIND in KINDS else "loss"
+    loss = build_component(kind, spec)
+    if not isinstance(loss, AutoencoderLoss):
+        raise ConfigError(f"loss.name: {spec['name']!r} built a {type(loss).__name__}; the stage-1 "
+                          f"trainer needs an AutoencoderLoss (e.g. 'vqgan')")
+    return loss
 
 
-class TokenizerTrainer:
+class TokenizerTrainer(Trainer):
     """Train a tokenizer with the VQGAN recipe (see the module docstring).
 
     Args:
-        config: run config (dict or YAML/JSON path), see :mod:`.stage1_config`.
+        config: a :class:`TokenizerTrainConfig`, or a dict / YAML / JSON path of one.
         tokenizer, loss: pre-built components instead of the config's specs (optional).
-        rank, world_size: process rank / count (only rank 0 logs and writes).
     """
 
-    def __init__(self, config: Any, *, tokenizer: Optional[Tokenizer] = None,
-                 loss: Optional[nn.Module] = None, rank: int = 0, world_size: int = 1) -> None:
-        from taming_plugins.cli.common import resolve_device, seed_everything
+    monitor = "total_loss"
+    desc = "train-tokenizer"
+    progress_keys = ("total_loss", "l1", "disc_loss")
 
-        self.config = resolve_config(config)
-        data, optim, train = self.config["data"], self.config["optim"], self.config["train"]
-        self.device = resolve_device(str(train["device"]))
-        self.dist = init_distributed(self.device, mode=str(train["distributed"]))
-        if self.dist.enabled:  # launched by torchrun: rank/world come from the process group
-            rank, world_size = self.dist.rank, self.dist.world_size
-            self.device = local_device(self.device, self.dist)
-        self.rank, self.world_size, self.is_main_process = rank, world_size, rank == 0
-        seed_everything(int(train["seed"]))
+    def __init__(self, config: Any, *, tokenizer: Optional[Tokenizer] = None,
+                 loss: Optional[AutoencoderLoss] = None) -> None:
+        self.config = TokenizerTrainConfig.from_dict(config)
+        data, optim, train = self.config.data, self.config.optim, self.config.train
+        self._init_runtime(train)
         self.tokenizer: Tokenizer = tokenizer if tokenizer is not None else \
-            build_component("tokenizer", self.config["tokenizer"])
-        self.loss: nn.Module = loss if loss is not None else build_component("loss", self.config["loss"])
-        for attr in ("generator_loss", "discriminator_loss", "discriminator", "discriminator_active"):
-            if not hasattr(self.loss, attr):
-                raise ConfigError(f"loss: {type(self.loss).__name__} lacks {attr!r}; the stage-1 trainer "
-                                  f"needs the VQGANLoss interface (loss name 'vqgan')")
+            build_component("tokenizer", self.config.tokenizer)
+        self.loss: AutoencoderLoss = loss if loss is not None else build_loss(self.config.loss)
         self.tokenizer.to(self.device).train()
         self.loss.to(self.device).train()
-        self.discriminator: nn.Module = self.loss.discriminator
-        self.lr = learning_rate(optim, int(data["batch_size"]), world_size)
-        betas = tuple(float(b) for b in optim["betas"])
-        fast = fast_optimizer_kwargs(self.device, optim["fused"])
-        self.opt_g = torch.optim.Adam(self.tokenizer.parameters(), lr=self.lr, betas=betas, **fast)
-        self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=self.lr, betas=betas, **fast)
+        disc = self.loss.discriminator
+        self.discriminator: nn.Module = disc if disc is not None else nn.Module()
+        self.has_discriminator = disc is not None
+        self._init_run(train, best_metric=train.best_metric)
+        self.val_every = int(train.val_every)
+        self.optim_warmup = int(optim.warmup_steps)
+        self.lr = learning_rate(optim.to_dict(), int(data.batch_size), self.world_size)
+        fast = fast_optimizer_kwargs(self.device, optim.fused)
+        adam = dict(lr=self.lr, betas=optim.betas, weight_decay=optim.weight_decay, **fast)
+        self.opt_g = torch.optim.Adam(self.tokenizer.parameters(), **adam)
+        self.opt_d = torch.optim.Adam(self.discriminator.parameters(), **adam) if self.has_discriminator \
+            else None
         # DDP wrappers (the modules themselves in one process); checkpoints use the modules.
-        self.model: nn.Module = maybe_compile(wrap_ddp(self.tokenizer, self.device), train["compile"])
-        self.disc_model: nn.Module = wrap_ddp(self.discriminator, self.device)
+        # Tokenizer.reconstruct (the declared training path) behind DDP / torch.compile.
+        self.model: nn.Module = maybe_compile(
+            wrap_ddp(EntryPoint(self.tokenizer, self.tokenizer.reconstruct), self.device), train.compile)
+        self.disc_model: nn.Module = wrap_ddp(self.discriminator, self.device) if self.has_discriminator \
+            else self.discriminator
         self._disc_synced = not self.dist.enabled
-        self.ema = EMA(self.tokenizer, float(optim["ema_decay"])) if optim["ema_decay"] else None
-        self.accumulate = int(optim["accumulate_grad_batches"])
-        self.grad_clip = optim["grad_clip"]
-        self.bf16 = bool(optim["bf16"])
-        self.stream = ShardedDataStream(self._dataset("train"), int(data["batch_size"]), rank=rank,
-                                        world_size=world_size, seed=int(train["seed"]),
-                                        num_workers=int(data["num_workers"]))
+        self.ema = EMA(self.tokenizer, float(optim.ema_decay)) if optim.ema_decay else None
+        self.accumulate = int(optim.accumulate_grad_batches)
+        self.grad_clip = optim.grad_clip
+        self.bf16 = bool(optim.bf16)
+        self.stream = ShardedDataStream(self._dataset("train"), int(data.batch_size), rank=self.rank,
+                                        world_size=self.world_size, seed=int(train.seed),
+                                        num_workers=int(data.num_workers))
         self._val_data: Optional[list[Tensor]] = None
-        self.out = Path(train["out"])
-        self.ckpt = CheckpointManager(self.out / CHECKPOINT_DIR, keep_last=int(train["keep_last"]),
-                                      best_metric=train["best_metric"], is_main_process=self.is_main_process)
-        self.step = 0
-        self.last_checkpoint: Optional[Path] = None
-        self.last_val: dict[str, float] = {}
+        self.last_layer = self.tokenizer.last_layer
+        if self.last_layer is None:
+            log.warning("%s declares no last_layer: the adaptive GAN weight falls back to the loss's "
+                        "fixed disc_weight", type(self.tokenizer).__name__)
         log.info("stage-1 trainer: lr %.3g (rule: accumulate %d × world %d × batch %d × base %.3g)",
-                 self.lr, self.accumulate, world_size, data["batch_size"], optim["base_learning_rate"])
+                 self.lr, self.accumulate, self.world_size, data.batch_size, optim.base_learning_rate)
 
     # ------------------------------------------------------------------ data
     def _dataset(self, split: str) -> Any:
+        from torch.utils.data import Subset
+
         from taming_plugins.data import get_dataset
 
-        data = self.config["data"]
-        spec = data["train"] if split == "train" or data["val"] is None else data["val"]
-        kwargs = dict(data["train_kwargs"] if split == "train" else data["val_kwargs"])
-        return get_dataset(spec, int(data["image_size"]), split=split, **kwargs)
+        data = self.config.data
+        spec = data.train if split == "train" or data.val is None else data.val
+        kwargs = dict(data.train_kwargs if split == "train" else data.val_kwargs)
+        dataset = get_dataset(spec, int(data.image_size), split=split, **kwargs)
+        if split == "train" and data.max_items is not None and data.max_items < len(dataset):
+            dataset = Subset(dataset, range(data.max_items))
+        return dataset
 
     def val_batches(self) -> list[Tensor]:
         """The fixed validation batches (loaded once, same for every evaluation)."""
         if self._val_data is None:
-            data = self.config["data"]
-            stream = DataStream(self._dataset("val"), int(data["batch_size"]), shuffle=False,
-                                seed=int(self.config["train"]["seed"]) + _VAL_SEED_OFFSET)
+            data = self.config.data
+            stream = DataStream(self._dataset("val"), int(data.batch_size), shuffle=False,
+                                seed=int(self.config.train.seed) + _VAL_SEED_OFFSET)
             it = iter(stream)
-            n = min(int(data["val_batches"]), stream.batches_per_epoch)
+            n = min(int(data.val_batches), stream.batches_per_epoch)
             self._val_data = [next(it) for _ in range(n)]
         return self._val_data
+
+    def batches(self) -> Iterator[list[Tensor]]:
+        stream = iter(self.stream)
+        while True:
+            yield [next(stream).to(self.device, non_blocking=True) for _ in range(self.accumulate)]
+
+    def check_batch(self, batch: list[Tensor]) -> None:
+        for x in batch:
+            check_tensor(x, "training images", dims=("B", "C", "H", "W"), dtype="float",
+                         value_range=IMAGE_RANGE, finite=True)
 
     # ------------------------------------------------------------------ one step
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -181,43 +198,44 @@ class TokenizerTrainer:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
 
-    def _clip(self, module: nn.Module) -> Optional[float]:
+    def _clip(self, module: nn.Module) -> Optional[Tensor]:
         if self.grad_clip is None:
             return None
-        return float(torch.nn.utils.clip_grad_norm_(module.parameters(), float(self.grad_clip)))
+        return torch.nn.utils.clip_grad_norm_(module.parameters(), float(self.grad_clip))
 
-    def train_step(self, micro_batches: list[Tensor]) -> dict[str, float]:
-        """One tokenizer update and one discriminator update; returns averaged metrics."""
+    def train_step(self, micro_batches: list[Tensor]) -> dict[str, Union[Tensor, float]]:
+        """One tokenizer update and one discriminator update; returns averaged metrics as
+        detached tensors (no device sync)."""
         step, n = self.step, len(micro_batches)
-        logs: dict[str, float] = {}
+        logs: dict[str, Union[Tensor, float]] = {}
 
-        def add(values: Mapping[str, float]) -> None:
+        def add(values: Mapping[str, Any]) -> None:
             for k, v in values.items():
-                logs[k] = logs.get(k, 0.0) + float(v) / n
+                v = v.detach() if isinstance(v, Tensor) else float(v)
+                logs[k] = logs[k] + v / n if k in logs else v / n
 
         # 1. tokenizer
         self.discriminator.requires_grad_(False)
         self.opt_g.zero_grad(set_to_none=True)
         reconstructions = []
         for i, x in enumerate(micro_batches):
+            self.set_step(self.tokenizer, step * self.accumulate + i)
             with no_sync(self.model, i < n - 1):  # DDP: all-reduce on the last micro-batch only
                 with self._autocast():
                     xrec, enc = self.model(x)
                     loss_g, g_logs = self.loss.generator_loss(x, xrec, enc.loss, step=step,
-                                                              last_layer=self.tokenizer.last_layer)
+                                                              last_layer=self.last_layer)
                 (loss_g / n).backward()
             reconstructions.append(xrec.detach())
             add(g_logs)
-            add({f"q_{k}": v for k, v in _float_metrics(enc.metrics).items()})
-        check_finite({"total_loss": logs["total_loss"]}, step=step,
-                     last_checkpoint=str(self.last_checkpoint) if self.last_checkpoint else None)
+            add({f"q_{k}": v for k, v in enc.metrics.items()})
         norm = self._clip(self.tokenizer)
         if norm is not None:
-            logs["grad_norm"] = norm
+            logs["grad_norm"] = norm.detach()
         self.opt_g.step()
         self.discriminator.requires_grad_(True)
         # 2. discriminator
-        if self.loss.discriminator_active(step):
+        if self.opt_d is not None and self.loss.discriminator_active(step):
             if not self._disc_synced:  # data-dependent init (ActNorm) ran on each rank's own batch
                 broadcast_module_(self.discriminator)
                 self._disc_synced = True
@@ -229,8 +247,6 @@ class TokenizerTrainer:
                         loss_d, d_logs = self.loss.discriminator_loss(x, xrec, step=step)
                     (loss_d / n).backward()
                 add(d_logs)
-            check_finite({"disc_loss": logs["disc_loss"]}, step=step,
-                         last_checkpoint=str(self.last_checkpoint) if self.last_checkpoint else None)
             self._clip(self.discriminator)
             self.opt_d.step()
             broadcast_buffers_(self.discriminator)  # BatchNorm statistics: rank 0's copy everywhere
@@ -253,9 +269,9 @@ class TokenizerTrainer:
             self.tokenizer.train(was_training)
 
     def evaluate(self) -> dict[str, float]:
-        """Validation L1 (and LPIPS), codebook usage and perplexity over the val batches."""
-        perceptual = getattr(self.loss, "perceptual", None)
-        sums: dict[str, float] = {"l1": 0.0}
+        """Validation L1 (and the perceptual distance), codebook usage and perplexity."""
+        perceptual = self.loss.perceptual
+        sums: dict[str, Tensor] = {}
         counts: Optional[Tensor] = None
         vocab = int(self.tokenizer.vocab_size)
         batches = self.val_batches()
@@ -263,118 +279,70 @@ class TokenizerTrainer:
             for x in batches:
                 x = x.to(self.device)
                 xrec, enc = self.tokenizer.reconstruct(x)
-                sums["l1"] += float((x - xrec).abs().mean())
+                parts = {"l1": (x - xrec).abs().mean()}
                 if perceptual is not None:
-                    sums["lpips"] = sums.get("lpips", 0.0) + float(perceptual(x, xrec).mean())
-                c = torch.bincount(enc.indices.reshape(-1).cpu(), minlength=vocab).float()
+                    parts["lpips"] = perceptual(x, xrec).mean()
+                for k, v in parts.items():
+                    sums[k] = sums[k] + v.float() if k in sums else v.float()
+                c = torch.bincount(enc.indices.reshape(-1), minlength=vocab).float()
                 counts = c if counts is None else counts + c
-        out = {f"val/{k}": v / len(batches) for k, v in sums.items()}
         assert counts is not None
         probs = counts / counts.sum()
         entropy = -(probs[probs > 0] * probs[probs > 0].log()).sum()
-        out["val/usage"] = float((counts > 0).float().mean())
-        out["val/codes_used"] = float((counts > 0).sum())
-        out["val/perplexity"] = float(entropy.exp())
-        return out
+        names = [f"val/{k}" for k in sums] + ["val/usage", "val/codes_used", "val/perplexity"]
+        values = torch.stack([*(v / len(batches) for v in sums.values()), (counts > 0).float().mean(),
+                              (counts > 0).sum().float(), entropy.exp()]).tolist()  # one sync
+        return dict(zip(names, values))
 
-    def save_grid(self) -> Path:
+    def write_images(self) -> Path:
         """PNG of up to 8 validation images (top row) above their reconstructions."""
         x = torch.cat(self.val_batches())[:GRID_IMAGES].to(self.device)
         with self._eval_weights():
             xrec, _ = self.tokenizer.reconstruct(x)
-        path = self.out / IMAGES_DIR / f"step_{self.step:08d}.png"
-        return save_image_grid(torch.cat([x, xrec.clamp(-1, 1)]), path, nrow=x.shape[0])
+        return save_image_grid(torch.cat([x, xrec.clamp(-1, 1)]), self.image_path(), nrow=x.shape[0])
+
+    save_grid = write_images
 
     # ------------------------------------------------------------------ checkpoints
-    def _modules(self) -> dict[str, nn.Module]:
-        return {"tokenizer": self.tokenizer, "discriminator": self.discriminator}
+    def modules(self) -> dict[str, nn.Module]:
+        out = {"tokenizer": self.tokenizer}
+        if self.has_discriminator:
+            out["discriminator"] = self.discriminator
+        return out
 
-    def _stateful(self) -> dict[str, Any]:
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        out = {"tokenizer": self.opt_g}
+        if self.opt_d is not None:
+            out["discriminator"] = self.opt_d
+        return out
+
+    def stateful(self) -> dict[str, Any]:
         out: dict[str, Any] = {"data": self.stream}
         if self.ema is not None:
             out["ema"] = self.ema
         return out
 
-    def checkpoint_config(self) -> dict[str, Any]:
+    def run_config(self) -> dict[str, Any]:
         """The run config with the tokenizer's resolved spec (rebuilds it for stage 2)."""
-        cfg = dict(self.config)
-        get_config = getattr(self.tokenizer, "get_config", None)
-        if callable(get_config):
-            cfg["tokenizer"] = {k: v for k, v in get_config().items() if k != "kind"}
+        from taming_core import spec_of
+
+        cfg = self.config.to_dict()
+        spec = spec_of(self.tokenizer)
+        if spec:
+            cfg["tokenizer"] = {k: v for k, v in spec.items() if k != "kind"}
         return cfg
 
-    def save_checkpoint(self, metrics: Optional[Mapping[str, float]] = None) -> Optional[Path]:
-        path = self.ckpt.save(self.step, modules=self._modules(),
-                              optimizers={"tokenizer": self.opt_g, "discriminator": self.opt_d},
-                              stateful=self._stateful(), config=self.checkpoint_config(),
-                              metrics=metrics or {})
-        if path is not None:
-            self.last_checkpoint = path
-        barrier()  # no rank runs ahead (or resumes) before rank 0 has written it
-        return path
+    checkpoint_config = run_config
 
-    def resume(self, which: Union[str, os.PathLike] = "latest") -> int:
-        """Restore everything from a checkpoint (``"latest"``, ``"best"`` or a path)."""
-        ck = self.ckpt.load(which, modules=self._modules(),
-                            optimizers={"tokenizer": self.opt_g, "discriminator": self.opt_d},
-                            stateful=self._stateful())
-        self.step, self.last_checkpoint, self.last_val = ck.step, ck.path, dict(ck.metrics)
+    def after_resume(self, step: int) -> None:
         # Step-driven schedules that are not in the state dict (Gumbel temperature) advance
         # once per training forward, i.e. per micro-batch.
-        for module in self.tokenizer.modules():
-            if module is not self.tokenizer and callable(getattr(module, "set_step", None)):
-                module.set_step(ck.step * self.accumulate)
-        log.info("resumed from %s (step %d)", ck.path, ck.step)
-        return ck.step
-
-    # ------------------------------------------------------------------ loop
-    def _after_step(self, logs: dict[str, float], progress: Progress, metrics: MetricsLogger,
-                    history: list[dict[str, float]]) -> None:
-        train, step = self.config["train"], self.step
-        logs = reduce_metrics(logs, self.device)  # averaged over ranks (one small all-reduce)
-        history.append({"step": float(step), **logs})
-        if step % int(train["log_every"]) == 0 or step == int(train["steps"]):
-            metrics.log(step, logs)
-        final = step == int(train["steps"])
-        if step % int(train["val_every"]) == 0 or final:
-            self.last_val = self.evaluate()
-            metrics.log(step, self.last_val, split="val")
-        if self.is_main_process and (step % int(train["image_every"]) == 0 or final):
-            self.save_grid()
-        if step % int(train["ckpt_every"]) == 0 or final:
-            self.save_checkpoint(self.last_val)
-        progress.update({k: logs[k] for k in ("total_loss", "l1", "disc_loss") if k in logs})
-
-    def fit(self, *, resume: Union[bool, str, os.PathLike] = False) -> FitResult:
-        """Train until ``train.steps``; ``resume=True`` continues from the latest checkpoint
-        in ``<out>/checkpoints`` (or from the given checkpoint path)."""
-        if resume:
-            self.resume("latest" if resume is True else resume)
-        total = int(self.config["train"]["steps"])
-        metrics = MetricsLogger(self.out / METRICS_FILE, resume_step=self.step if resume else None,
-                                is_main_process=self.is_main_process)
-        progress = Progress(total, start=self.step,
-                            enabled=self.is_main_process and bool(self.config["train"]["progress"]))
-        history: list[dict[str, float]] = []
-        batches = iter(self.stream)
-        try:
-            while self.step < total:
-                micro = [next(batches).to(self.device, non_blocking=True) for _ in range(self.accumulate)]
-                logs = self.train_step(micro)
-                self._after_step(logs, progress, metrics, history)
-        except TrainingError:
-            log.error("training stopped at step %d; last good checkpoint: %s", self.step,
-                      self.last_checkpoint)
-            raise
-        finally:
-            progress.close()
-        return FitResult(step=self.step, out=self.out, train_metrics=history,
-                         val_metrics=dict(self.last_val), last_checkpoint=self.last_checkpoint)
+        self.set_step(self.tokenizer, step * self.accumulate)
 
 
 def train_tokenizer(config: Any, *, resume: Union[bool, str, os.PathLike] = False,
-                    **train_overrides: Any) -> FitResult:
-    """Resolve ``config``, override ``train`` keys (``steps=...``, ``out=...``) and fit."""
-    cfg = resolve_config(config)
+                    overwrite: bool = False, **train_overrides: Any) -> FitResult:
+    """Read ``config``, override ``train`` keys (``steps=...``, ``out=...``) and fit."""
+    cfg = TokenizerTrainConfig.from_dict(config).to_dict()
     cfg["train"].update(train_overrides)
-    return TokenizerTrainer(cfg).fit(resume=resume)
+    return TokenizerTrainer(cfg).fit(resume=resume, overwrite=overwrite)

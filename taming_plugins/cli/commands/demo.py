@@ -27,11 +27,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=None, metavar="DIR", help=f"output directory (default {DEFAULT_OUT})")
     p.add_argument("--config", metavar="FILE",
-                   help="YAML/JSON file merged into the demo defaults (same layout)")
+                   help="YAML/JSON file merged into the demo defaults (same layout; stage1/stage2 are "
+                   "the trainers' run configs)")
     p.add_argument("--steps-tokenizer", type=int, metavar="N",
-                   help=f"stage-1 optimizer steps (default {d['stage1']['steps']})")
+                   help=f"stage-1 optimizer steps (stage1.train.steps, default {d['stage1']['train']['steps']})")
     p.add_argument("--steps-prior", type=int, metavar="N",
-                   help=f"stage-2 optimizer steps (default {d['stage2']['steps']})")
+                   help=f"stage-2 optimizer steps (stage2.train.steps, default {d['stage2']['train']['steps']})")
     p.add_argument("--image-size", type=int, metavar="PX",
                    help=f"training crop size in pixels, a multiple of 4 (default {d['image_size']})")
     p.add_argument("--data", metavar="SPEC",
@@ -51,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
             parser.error(f"--{flag.replace('_', '-')} must be > 0, got {value}")
     result = run_demo(args.config, args.out or DEFAULT_OUT, progress=not args.no_progress,
                       data=args.data, image_size=args.image_size, seed=args.seed, device=args.device,
-                      threads=args.threads, stage1__steps=args.steps_tokenizer,
-                      stage2__steps=args.steps_prior)
+                      threads=args.threads, stage1__train__steps=args.steps_tokenizer,
+                      stage2__train__steps=args.steps_prior)
     print(summary_table(result))
     return 0

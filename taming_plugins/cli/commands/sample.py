@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from ..common import add_device_flag, add_seed_flag, resolve_device, seed_everything
+from ..common import (add_device_flag, add_seed_flag, check_plugin_options, resolve_device,
+                      seed_everything)
 
 log = logging.getLogger(__name__)
 
@@ -105,15 +106,30 @@ def build_sampler(pipeline: Any, args: argparse.Namespace, grid: tuple[int, int]
     if base is not None and base["name"] == name:
         spec = {k: v for k, v in base.items() if k not in ("name", "kind")}
     elif base is not None:  # carry the shared sampling options over to the new sampler
-        spec = {k: base[k] for k in ("temperature", "top_k", "top_p", "vocab_limit") if k in base}
+        spec = {k: base[k] for k in ("temperature", "top_k", "top_p", "vocab_limit")
+                if k in base and _takes(name, k)}
+    check_plugin_options("sampler", name, options, getattr(args, "_parser", None))
     spec.update(options)
     if name == SLIDING and "window" not in spec:
         default_grid = pipeline.grid or grid
         spec["window"] = min(default_grid)
-    spec.setdefault("vocab_limit", pipeline.tokenizer.vocab_size)
+    if _takes(name, "vocab_limit"):
+        spec.setdefault("vocab_limit", pipeline.tokenizer.vocab_size)
     if spec.get("guidance_scale", 1.0) != 1.0:
         spec["null_condition"] = _null_condition(pipeline, args.label)
     return taming_core.create("sampler", name, **spec)
+
+
+def _takes(sampler: str, option: str) -> bool:
+    """Whether the registered sampler accepts ``option`` (plugin samplers may not)."""
+    import taming_core
+    from taming_core.registry import accepted_arguments
+
+    try:
+        accepted = accepted_arguments("sampler", sampler)
+    except taming_core.RegistryError:
+        return True  # create() reports the unknown name
+    return accepted is None or option in accepted
 
 
 def _null_condition(pipeline: Any, label: Optional[int]) -> Any:

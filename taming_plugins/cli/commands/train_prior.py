@@ -5,15 +5,18 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..common import add_device_flag, add_seed_flag, seed_everything
+from ..common import add_device_flag, add_run_flags, add_seed_flag, apply_run_overrides, resume_option
 
-#: Command-line flags that override keys of the config file (flag dest -> config key).
+#: Command-line flags that override ``(section, key)`` of the run config (``None``: top level).
 OVERRIDES = {
-    "tokenizer": "tokenizer", "data": "data", "out": "out_dir", "image_size": "image_size",
-    "steps": "steps", "batch_size": "batch_size", "lr": "lr", "pkeep": "pkeep",
-    "cfg_drop": "cfg_drop", "cond_offset": "cond_offset", "ckpt_every": "ckpt_every",
-    "sample_every": "sample_every", "log_every": "log_every", "precision": "precision",
-    "cache_dir": "cache_dir", "device": "device", "seed": "seed", "max_items": "max_items",
+    "tokenizer": (None, "tokenizer"), "data": ("data", "train"), "out": ("train", "out"),
+    "image_size": ("data", "image_size"), "steps": ("train", "steps"),
+    "batch_size": ("data", "batch_size"), "lr": ("optim", "learning_rate"),
+    "pkeep": ("train", "pkeep"), "cfg_drop": ("train", "cfg_drop"),
+    "cond_offset": ("train", "cond_offset"), "ckpt_every": ("train", "ckpt_every"),
+    "sample_every": ("train", "image_every"), "log_every": ("train", "log_every"),
+    "cache_dir": ("data", "cache_dir"), "device": ("train", "device"), "seed": ("train", "seed"),
+    "max_items": ("data", "max_items"),
 }
 
 
@@ -21,9 +24,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train-prior", help="train a GPT prior over a frozen tokenizer's tokens (stage 2)",
         description="Tokenize the dataset once with a frozen tokenizer (cached, memory-mapped), "
-        "then train an autoregressive prior with cross-entropy. Writes checkpoints, "
-        "metrics.jsonl and sample grids (samples/*.png) to --out. Options not given as flags "
-        "come from --config (YAML/JSON with the keys of PriorTrainConfig).")
+        "then train a prior on its own objective. Writes checkpoints/, metrics.jsonl and sample "
+        "grids (images/*.png) to --out. Options not given as flags come from --config (YAML/JSON "
+        "with the sections of PriorTrainConfig: tokenizer, prior, conditioner, sampler, data, "
+        "optim, train).")
     p.add_argument("--tokenizer", help="stage-1 checkpoint directory or original taming .ckpt")
     p.add_argument("--data", help="'photos', 'fashion-mnist' or an image folder (default photos)")
     p.add_argument("--out", help="run directory (checkpoints, samples, metrics)")
@@ -41,38 +45,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--log-every", type=int, help="steps between metric records")
     p.add_argument("--precision", choices=("fp32", "bf16"), help="autocast precision of the prior")
     p.add_argument("--cache-dir", help="token cache directory (default OUT/token_cache)")
-    p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CKPT",
-                   help="continue from the latest checkpoint in --out (or the one given)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_run_flags(p)
     add_device_flag(p)
     add_seed_flag(p)
-    p.set_defaults(func=run, device=None, seed=None)
+    p.set_defaults(func=run, device=None, seed=None, _parser=p)
 
 
 def _merged_config(args: argparse.Namespace) -> dict[str, Any]:
     from taming_core import load_config
+    from taming_plugins.training.config import upgrade_stage2_config
 
-    config: dict[str, Any] = load_config(args.config) if args.config else {}
-    for dest, key in OVERRIDES.items():
-        value = getattr(args, dest)
-        if value is not None:
-            config[key] = value
-    if args.no_progress:
-        config["progress"] = False
-    if "out_dir" not in config:
-        raise ValueError("--out is required (or out_dir in --config)")
+    config = upgrade_stage2_config(load_config(args.config)) if args.config else {}
+    config = apply_run_overrides(config, args, OVERRIDES)
+    if args.precision is not None:
+        config.setdefault("optim", {})["bf16"] = args.precision == "bf16"
+    parser: argparse.ArgumentParser = args._parser
+    if "out" not in config.get("train", {}):
+        parser.error("--out is required (or train.out in --config)")
     if "tokenizer" not in config:
-        raise ValueError("--tokenizer is required (or tokenizer in --config)")
+        parser.error("--tokenizer is required (or tokenizer in --config)")
     return config
 
 
 def run(args: argparse.Namespace) -> int:
     from taming_plugins.training.stage2 import PriorTrainer
 
-    config = _merged_config(args)
-    seed_everything(int(config.get("seed", 0)))
-    trainer = PriorTrainer(config)
-    metrics = trainer.fit(resume=args.resume or False)
-    summary = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-    print(f"trained prior to step {trainer.step} ({summary}); checkpoints in {trainer.out_dir}")
+    trainer = PriorTrainer(_merged_config(args))
+    result = trainer.fit(resume=resume_option(args), overwrite=args.overwrite)
+    summary = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items())
+    print(f"trained prior to step {result.step} ({summary}); checkpoints in "
+          f"{trainer.ckpt.directory}")
     return 0
