@@ -14,7 +14,8 @@ No Linear has a bias. Positions carry a 2-D rotary embedding over the token grid
 (``grid_size``×``grid_size``, raster order): the first half of every head's channels
 rotates with the row, the second half with the column, adjacent channel pairs form
 the rotated complex numbers. The class token (position 0) gets a zero rotation table,
-so its queries and keys are zero vectors, exactly as in LlamaGen.
+so its queries and keys are zero vectors, exactly as in LlamaGen. The CPU fast path of
+few-row decoding steps (:func:`taming_core.ops.fast_decoding`) is applied by the samplers.
 
 Vocabulary layout (how class conditioning reaches a generic sampler)
 --------------------------------------------------------------------
@@ -56,7 +57,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from taming_core import AutoregressivePrior, PriorCache, ValidationError, register
-from taming_core.ops import decode_linear
 from taming_core.validation import check_positive, check_tensor
 
 from .gpt import GPTCache
@@ -162,7 +162,7 @@ class Attention(nn.Module):
                 cache: Optional[tuple[Tensor, Tensor, int]] = None) -> Tensor:
         b, t, c = x.shape
         kv = self.n_kv_head * self.head_dim
-        qk, v = decode_linear(x, self.wqkv).split([c + kv, kv], dim=-1)
+        qk, v = self.wqkv(x).split([c + kv, kv], dim=-1)
         # queries and keys are adjacent in wqkv's output: one rotation for both
         qk = apply_rope(qk.view(b, t, self.n_head + self.n_kv_head, self.head_dim), *rope)
         q, k = qk.transpose(1, 2).split([self.n_head, self.n_kv_head], dim=1)
@@ -181,7 +181,7 @@ class Attention(nn.Module):
                 q, k, v, attn_mask=mask, is_causal=causal,
                 dropout_p=self.attn_dropout_p if self.training else 0.0,
                 enable_gqa=self.n_kv_head != self.n_head)
-        y = decode_linear(y.transpose(1, 2).reshape(b, t, c), self.wo)
+        y = self.wo(y.transpose(1, 2).reshape(b, t, c))
         return self.resid_dropout(y) if self.training else y
 
 
@@ -196,11 +196,12 @@ class FeedForward(nn.Module):
         self.ffn_dropout = nn.Dropout(dropout_p)
 
     def forward(self, x: Tensor) -> Tensor:
-        # decode_linear returns few-row results column-major; the contiguous copy (rows ×
-        # hidden floats) keeps w2's few-row product on the fast BLAS path: without it a
-        # 2-row step (guidance at batch 1) spent 5 ms instead of 0.6 ms in w2 (GPT-B, CPU).
-        h = (F.silu(decode_linear(x, self.w1)) * decode_linear(x, self.w3)).contiguous()
-        y = decode_linear(h, self.w2)
+        # Under the samplers' fast_decoding, few-row Linear results come back column-major;
+        # the contiguous copy (rows × hidden floats) keeps w2's few-row product on the fast
+        # BLAS path: without it a 2-row step (guidance at batch 1) spent 5 ms instead of
+        # 0.6 ms in w2 (GPT-B, CPU).
+        h = (F.silu(self.w1(x)) * self.w3(x)).contiguous()
+        y = self.w2(h)
         return self.ffn_dropout(y) if self.training else y
 
 
@@ -420,7 +421,7 @@ class LlamaGenPrior(AutoregressivePrior):
         return torch.arange(start + t, device=device)[None, :] <= rows
 
     def _logits(self, x: Tensor) -> Tensor:
-        logits = decode_linear(self.norm(x), self.output).float()
+        logits = self.output(self.norm(x)).float()
         pad = self.vocab_size - self.image_vocab_size
         filler = logits.new_full((*logits.shape[:-1], pad), torch.finfo(logits.dtype).min)
         return torch.cat([logits, filler], dim=-1)
