@@ -6,8 +6,8 @@ pipeline parts, for ``Pipeline.from_pretrained`` (:mod:`taming_core.hub`) and
 returns into ``Pipeline`` keyword arguments:
 
 * a VQModel/GumbelVQ or a LlamaGen VQ file -> ``tokenizer``;
-* a Net2NetTransformer -> ``tokenizer``, ``prior`` and an ``autoregressive`` sampler
-  (prefixing the SOS id when the model is unconditional);
+* a Net2NetTransformer -> the parts of ``net2net_pipeline`` (tokenizer, prior, the
+  SOS/class condition layout, grid and sampler);
 * a LlamaGen c2i GPT -> ``prior``, the ``class_label`` conditioner (with the null class),
   an ``autoregressive`` sampler limited to image ids, the square ``grid`` and the
   prior's ``cond_offset``; the tokenizer comes from another file.
@@ -30,7 +30,7 @@ from .converted import CONFIG_FILE as CONVERTED_CONFIG
 from .converted import WEIGHTS_FILE as CONVERTED_WEIGHTS
 from .converted import load_converted
 from .llamagen import GPT_KIND, LlamaGenCheckpoint
-from .net2net import Net2NetCheckpoint
+from .net2net import Net2NetCheckpoint, net2net_pipeline
 from .original import load_taming_checkpoint
 from .vqgan import TamingCheckpoint
 
@@ -45,9 +45,9 @@ def pipeline_parts(ckpt: Any, source: Optional[str] = None) -> dict[str, Any]:
     if isinstance(ckpt, TamingCheckpoint):
         parts: dict[str, Any] = {"tokenizer": ckpt.tokenizer, "card": dict(TAMING_CARD)}
     elif isinstance(ckpt, Net2NetCheckpoint):
-        sampler = (taming_core.create("sampler", "autoregressive", sos_token=ckpt.sos_token)
-                   if ckpt.unconditional else taming_core.create("sampler", "autoregressive"))
-        parts = {"tokenizer": ckpt.tokenizer, "prior": ckpt.prior, "sampler": sampler,
+        pipe = net2net_pipeline(ckpt)  # SOS/class layout, grid and sampler of the original
+        parts = {"tokenizer": pipe.tokenizer, "prior": pipe.prior, "sampler": pipe.sampler,
+                 "conditioner": pipe.conditioner, "cond_offset": pipe.cond_offset, "grid": pipe.grid,
                  "card": dict(TAMING_CARD)}
     elif isinstance(ckpt, LlamaGenCheckpoint):
         card = {**LLAMAGEN_CARD, "datasets": ["imagenet-1k"]}
