@@ -196,12 +196,7 @@ class FeedForward(nn.Module):
         self.ffn_dropout = nn.Dropout(dropout_p)
 
     def forward(self, x: Tensor) -> Tensor:
-        # Under the samplers' fast_decoding, few-row Linear results come back column-major;
-        # the contiguous copy (rows × hidden floats) keeps w2's few-row product on the fast
-        # BLAS path: without it a 2-row step (guidance at batch 1) spent 5 ms instead of
-        # 0.6 ms in w2 (GPT-B, CPU).
-        h = (F.silu(self.w1(x)) * self.w3(x)).contiguous()
-        y = self.w2(h)
+        y = self.w2(F.silu(self.w1(x)) * self.w3(x))
         return self.ffn_dropout(y) if self.training else y
 
 
