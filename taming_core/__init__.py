@@ -13,9 +13,9 @@ contract-check kit: ``check_quantizer``, ``check_tokenizer``, ``check_prior``,
 from .config import build, load_config
 from .errors import (CheckpointError, ConfigError, PluginError, RegistryError, TamingError,
                      TrainingError, ValidationError)
-from .interfaces import (FAMILIES, AutoencoderLoss, AutoregressivePrior, Conditioner, Discriminator,
-                         Encoded, GANObjective, InpaintingSampler, MaskedPrior, PerceptualLoss, Prior,
-                         PriorCache, Quantizer, QuantizerOutput, Sampler, StepAware, TokenHistoryCache,
+from .interfaces import (FAMILIES, AutoencoderLoss, AutoregressivePrior, CheckpointFormat, Conditioner,
+                         Discriminator, Encoded, GANObjective, InpaintingSampler, MaskedPrior, PerceptualLoss,
+                         Prior, PriorCache, Quantizer, QuantizerOutput, Sampler, StepAware, TokenHistoryCache,
                          Tokenizer)
 from .pipeline import Pipeline
 from .plugins import load_plugins, plugin_status
@@ -26,7 +26,7 @@ __version__ = "0.1.0"
 __all__ = [
     "KIND_ALIASES", "KINDS", "Entry", "available", "build", "create", "create_from_spec", "entries", "get", "get_entry",
     "load_config", "load_plugins", "plugin_status", "register", "spec_of", "unregister",
-    "FAMILIES", "AutoencoderLoss", "AutoregressivePrior", "InpaintingSampler", "MaskedPrior", "StepAware",
+    "FAMILIES", "AutoencoderLoss", "AutoregressivePrior", "CheckpointFormat", "InpaintingSampler", "MaskedPrior", "StepAware",
     "Conditioner", "Discriminator", "Encoded", "GANObjective", "PerceptualLoss", "Prior",
     "Pipeline", "PriorCache", "Quantizer", "QuantizerOutput", "Sampler", "TokenHistoryCache", "Tokenizer",
     "CheckpointError", "ConfigError", "PluginError", "RegistryError", "TamingError",

@@ -27,7 +27,7 @@ from .errors import ConfigError, RegistryError
 #: ``autoencoder_loss`` (:class:`~taming_core.AutoencoderLoss`, the stage-1 objective).
 KINDS: tuple[str, ...] = (
     "quantizer", "tokenizer", "prior", "discriminator", "sampler", "perceptual", "gan",
-    "autoencoder_loss", "conditioner",
+    "autoencoder_loss", "conditioner", "checkpoint_format",
 )
 
 #: Alias kinds: a name that stands for several kinds. ``loss`` (the one kind of older
