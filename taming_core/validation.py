@@ -277,6 +277,9 @@ def token_range_error(tokens: "torch.Tensor", vocab_size: int, name: str) -> Val
 
 def check_token_ids(tokens: "torch.Tensor", vocab_size: int, name: str) -> None:
     """Raise :func:`token_range_error` unless every id lies in ``[0, vocab_size)``
-    (synchronises with the device: entry points only)."""
+    (synchronises with the device: entry points only; skipped inside
+    :func:`deferred_value_checks`)."""
+    if not _VALUE_CHECKS.get():
+        return
     if tokens.numel() and (bool((tokens < 0).any()) or bool((tokens >= vocab_size).any())):
         raise token_range_error(tokens, vocab_size, name)
