@@ -407,3 +407,17 @@ class Sampler(ABC):
         ``condition`` is None, Long B×L prefix tokens (SOS/class), or Long B×H×W
         condition tokens spatially aligned with the grid.
         """
+
+
+class InpaintingSampler(Sampler):
+    """A sampler that can also fill in part of a given token grid (inpainting,
+    outpainting, editing a region of an encoded image). :class:`Pipeline` uses
+    :meth:`inpaint` for ``generate(init_tokens=..., known=...)`` and ``edit``."""
+
+    @abstractmethod
+    def inpaint(self, prior: Prior, init_tokens: Tensor, known: Tensor, *,
+                condition: Optional[Tensor] = None,
+                generator: Optional[torch.Generator] = None) -> Tensor:
+        """Long B×H×W ``init_tokens`` and a Bool ``known`` mask (H×W or B×H×W, True = keep)
+        -> Long B×H×W tokens where every known token equals ``init_tokens`` exactly and
+        the others are sampled given them (and ``condition``, as in :meth:`sample`)."""

@@ -40,8 +40,8 @@ from torch import Tensor, nn
 
 from .config import ConfigLike, build, load_config
 from .errors import CheckpointError, ConfigError, RegistryError, ValidationError
-from .interfaces import Conditioner, Encoded, Prior, Sampler, Tokenizer
-from .registry import KINDS, available, get, get_entry, spec_of
+from .interfaces import Conditioner, Encoded, InpaintingSampler, Prior, Sampler, Tokenizer
+from .registry import KINDS, available, create, get, get_entry, spec_of
 from .io import load_tensors, read_json, save_tensors, write_json
 from .validation import check_cond_offset, check_positive, check_tensor, check_token_grid, component_label
 
@@ -333,26 +333,50 @@ class Pipeline(nn.Module):
         tokens = tokens.long().to(device) + self.cond_offset
         return tokens if getattr(self.conditioner, "spatial", False) else tokens.reshape(n, -1)
 
+    def default_sampler(self) -> Sampler:
+        """The pipeline's sampler, or else the prior's ``default_sampler`` (restricted to
+        image ids), built for this call."""
+        if self.sampler is not None:
+            return self.sampler
+        if self.prior is None:
+            raise ValidationError("generate: this pipeline has no prior")
+        name = self.prior.default_sampler
+        kwargs = {"vocab_limit": self.tokenizer.vocab_size} if "vocab_limit" in _accepted_args(
+            "sampler", name) else {}
+        return create("sampler", name, **kwargs)
+
     @torch.no_grad()
     def generate(self, n: int, grid: Optional[tuple[int, int]] = None, condition: Any = None,
                  seed: Optional[int] = None, *, sampler: Optional[Sampler] = None,
-                 return_tokens: bool = False) -> Union[Tensor, tuple[Tensor, Tensor]]:
+                 return_tokens: bool = False, init_tokens: Optional[Tensor] = None,
+                 known: Optional[Tensor] = None) -> Union[Tensor, tuple[Tensor, Tensor]]:
         """Sample ``n`` images (float n×C×H×W in [-1, 1]).
 
         Args:
             n: number of samples.
-            grid: token grid (h, w); default the pipeline's ``grid``. Grids larger than the
-                prior's window need a ``sliding_window`` sampler.
+            grid: token grid (h, w); default the pipeline's ``grid`` (or that of
+                ``init_tokens``). Grids larger than the prior's window need a
+                ``sliding_window`` sampler.
             condition: side information for the conditioner (class ids, a depth map...).
             seed: seeds the sampler's generator for reproducible samples.
-            sampler: overrides the pipeline's sampler for this call.
+            sampler: overrides the pipeline's sampler for this call (default: the
+                pipeline's, else the prior's ``default_sampler``).
             return_tokens: also return the Long n×h×w token grid.
+            init_tokens, known: inpainting/outpainting: Long n×h×w (or 1×h×w) tokens and a
+                Bool h×w or n×h×w mask of those to keep exactly; the sampler must be an
+                :class:`InpaintingSampler` (e.g. ``maskgit``).
         """
         if self.prior is None:
             raise ValidationError("generate: this pipeline has no prior")
-        sampler = sampler or self.sampler
-        if sampler is None:
-            raise ValidationError("generate: this pipeline has no sampler; pass sampler=...")
+        sampler = sampler or self.default_sampler()
+        if (init_tokens is None) != (known is None):
+            raise ValidationError("generate(init_tokens, known): give both or neither")
+        if init_tokens is not None:
+            check_tensor(init_tokens, "generate(init_tokens)", dims=(None, "h", "w"), dtype="long")
+            grid = grid if grid is not None else tuple(init_tokens.shape[1:])
+            if not isinstance(sampler, InpaintingSampler):
+                raise ValidationError(f"generate(init_tokens): the {type(sampler).__name__} cannot fill in "
+                                      f"tokens; use an InpaintingSampler such as maskgit")
         grid = tuple(grid) if grid is not None else self.grid
         if grid is None:
             raise ValidationError("generate(grid): no grid given and the pipeline has no default grid")
@@ -364,9 +388,33 @@ class Pipeline(nn.Module):
         if seed is not None:
             generator = torch.Generator(device=device).manual_seed(int(seed))
         cond = self.condition_tokens(condition, n)
-        tokens = sampler.sample(self.prior, grid=grid, batch_size=n, condition=cond, generator=generator)
+        if init_tokens is not None:
+            assert isinstance(sampler, InpaintingSampler)
+            if tuple(init_tokens.shape[1:]) != tuple(grid):
+                raise ValidationError(f"generate(init_tokens): expected the grid {grid[0]}×{grid[1]}, "
+                                      f"got shape {tuple(init_tokens.shape)}")
+            init = init_tokens.to(device).expand(n, *grid) if init_tokens.shape[0] == 1 else init_tokens
+            if init.shape[0] != n:
+                raise ValidationError(f"generate(init_tokens): expected a batch of {n} (or 1), got "
+                                      f"{init.shape[0]}")
+            tokens = sampler.inpaint(self.prior, init.to(device), known.to(device),  # type: ignore[union-attr]
+                                     condition=cond, generator=generator)
+        else:
+            tokens = sampler.sample(self.prior, grid=grid, batch_size=n, condition=cond, generator=generator)
         check_token_grid(tokens, n, grid, sampler, "sampler")
         check_tensor(tokens, f"{component_label(sampler, 'sampler')} output", dtype="integer",
                      value_range=(0, self.tokenizer.vocab_size - 1))
         images = self.detokenize(tokens.long())
         return (images, tokens) if return_tokens else images
+
+    @torch.no_grad()
+    def edit(self, images: Tensor, known: Tensor, condition: Any = None, seed: Optional[int] = None,
+             *, sampler: Optional[Sampler] = None,
+             return_tokens: bool = False) -> Union[Tensor, tuple[Tensor, Tensor]]:
+        """Regenerate a region of ``images`` (float B×C×H×W in [-1, 1]): encode them, keep
+        the tokens where ``known`` (Bool h×w or B×h×w over the token grid) is True and
+        sample the others with an :class:`InpaintingSampler` (e.g. ``maskgit``)."""
+        self.eval()
+        tokens = self.tokenize(images)
+        return self.generate(tokens.shape[0], tuple(tokens.shape[1:]), condition, seed, sampler=sampler,
+                             return_tokens=return_tokens, init_tokens=tokens, known=known)

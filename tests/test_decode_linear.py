@@ -134,3 +134,27 @@ def test_small_weights_use_the_layer_and_large_ones_the_blocked_path(monkeypatch
     assert not calls
     assert torch.allclose(decode_linear(x_large, large), large(x_large), atol=1e-5)
     assert len(calls) == 1
+
+
+def test_fast_decoding_routes_plain_linears_and_restores_them(monkeypatch):
+    class Scaled(nn.Linear):
+        pass
+
+    model = nn.Sequential(_layer(32, 48), nn.GELU(), _layer(48, 16), Scaled(16, 16))
+    hooked = _layer(16, 8)
+    hooked.register_forward_hook(lambda mod, inp, out: None)
+    model.append(hooked)
+    x = torch.randn(2, 32)
+    want = model(x)
+    blocked = []
+    real = linear_mod._blocked_linear
+    monkeypatch.setattr(linear_mod, "_blocked_linear", lambda *a: blocked.append(a[1].shape) or real(*a))
+    with linear_mod.fast_decoding(model):
+        got = model(x)
+        many = model(torch.randn(linear_mod.DECODE_MAX_ROWS + 1, 32))  # too many rows: F.linear
+    assert torch.allclose(got, want, atol=1e-5) and many.shape[0] == linear_mod.DECODE_MAX_ROWS + 1
+    assert blocked == [(48, 32), (16, 48)], "only the plain, hook-free Linears take the fast path"
+    assert all("forward" not in m.__dict__ for m in model.modules())
+    blocked.clear()
+    model(x)
+    assert not blocked, "the layers are restored on exit"

@@ -17,12 +17,19 @@ sampled at 0.6–0.75× the speed of ``F.linear`` with its 64–256 KB weights b
 Results equal ``F.linear`` up to float rounding (the same products, summed by another
 kernel). Other devices, dtypes, more rows, small weights, CPU autocast and
 ``nn.Linear`` subclasses or hooked layers go through the layer itself.
+
+Model code stays plain: :func:`fast_decoding` routes every plain ``nn.Linear`` of a
+model through this path for the duration of a ``with`` block. The samplers enter it
+while they sample (``taming_plugins.samplers._common.sampling_mode``), so any prior's
+decoding steps take it, and training or a direct forward never does.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -55,18 +62,54 @@ def decode_linear(x: Tensor, layer: nn.Linear) -> Tensor:
     """``layer(x)`` for x of shape ...×in_features, fast for a few rows on CPU.
 
     Called once per weight matrix per decoding step, so the checks are kept cheap."""
-    weight = layer.weight
+    if (type(layer) is not nn.Linear or layer._forward_hooks or layer._forward_pre_hooks
+            or not _takes_blocked_path(x, layer.weight)):
+        return layer(x)
+    return _blocked_linear(x, layer.weight, layer.bias)
+
+
+def _takes_blocked_path(x: Tensor, weight: Tensor) -> bool:
     in_features = x.shape[-1]
     rows = x.numel() // in_features if in_features else 0
-    if (not 0 < rows <= DECODE_MAX_ROWS or not x.is_cpu or x.dtype is not torch.float32
-            or weight.dtype is not torch.float32 or type(layer) is not nn.Linear
-            or layer._forward_hooks or layer._forward_pre_hooks or not weight.is_contiguous()
-            or weight.numel() * weight.element_size() < DECODE_MIN_WEIGHT_BYTES
-            or torch.is_autocast_enabled("cpu")):
-        return layer(x)
+    return not (not 0 < rows <= DECODE_MAX_ROWS or not x.is_cpu or x.dtype is not torch.float32
+                or weight.dtype is not torch.float32 or not weight.is_contiguous()
+                or weight.numel() * weight.element_size() < DECODE_MIN_WEIGHT_BYTES
+                or torch.is_autocast_enabled("cpu"))
+
+
+def _fast_forward(layer: nn.Linear, x: Tensor) -> Tensor:
+    """The forward :func:`fast_decoding` gives a plain ``nn.Linear``."""
+    if _takes_blocked_path(x, layer.weight):
+        return _blocked_linear(x, layer.weight, layer.bias)
+    return F.linear(x, layer.weight, layer.bias)
+
+
+@contextlib.contextmanager
+def fast_decoding(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, every plain ``nn.Linear`` of ``model`` (not subclasses, not
+    layers with hooks or an own ``forward``) computes like :func:`decode_linear`: the
+    row-blocked path for few-row CPU float32 inputs, ``F.linear`` otherwise. Restores
+    the layers on exit. The model's code is untouched; results equal ``F.linear`` up to
+    float rounding."""
+    patched: list[nn.Linear] = []
+    if DECODE_MAX_ROWS > 0:
+        for module in model.modules():
+            if (type(module) is nn.Linear and "forward" not in module.__dict__
+                    and not module._forward_hooks and not module._forward_pre_hooks):
+                module.forward = functools.partial(_fast_forward, module)  # type: ignore[method-assign]
+                patched.append(module)
+    try:
+        yield model
+    finally:
+        for module in patched:
+            module.__dict__.pop("forward", None)
+
+
+def _blocked_linear(x: Tensor, weight: Tensor, bias: "Tensor | None") -> Tensor:
+    in_features = x.shape[-1]
+    rows = x.numel() // in_features
     out_features = weight.shape[0]
     blocks = _row_blocks(out_features)
-    bias = layer.bias
     if blocks == 1:
         return F.linear(x, weight, bias)
     stacks = weight.view(blocks, out_features // blocks, in_features)

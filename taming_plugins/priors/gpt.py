@@ -7,7 +7,10 @@ original's ``attn.mask`` buffer is not kept (attention is causal through
 :func:`torch.nn.functional.scaled_dot_product_attention`).
 
 Incremental decoding uses :class:`GPTCache`, preallocated per-layer key/value tensors
-that a prefill or a one-token step writes in place (no concatenation per step).
+that a prefill or a one-token step writes in place (no concatenation per step). The
+blocks are shared with the ``maskgit`` prior (:mod:`._transformer`, ``causal=True`` here);
+the CPU fast path of one-token steps (:func:`taming_core.ops.fast_decoding`) is applied by
+the samplers, so this module reads like minGPT.
 """
 
 from __future__ import annotations
@@ -16,19 +19,17 @@ import logging
 from typing import Any, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from taming_core import AutoregressivePrior, PriorCache, ValidationError, register
-from taming_core.ops import decode_linear
 from taming_core.validation import check_positive, check_tensor, check_token_ids, token_range_error
+
+from ._transformer import INIT_STD, MLP_EXPANSION, Block, init_weights, linear_decay_groups
 
 logger = logging.getLogger(__name__)
 
-#: Hidden width of the MLP relative to ``n_embd`` (minGPT).
-MLP_EXPANSION = 4
-#: Standard deviation of the normal initialisation of Linear and Embedding weights (minGPT).
-INIT_STD = 0.02
+__all__ = ["GPT", "GPTCache", "Block", "INIT_STD", "MLP_EXPANSION"]
+
 #: AdamW betas of the original stage-2 training.
 DEFAULT_BETAS = (0.9, 0.95)
 
@@ -70,67 +71,6 @@ class GPTCache(PriorCache):
         self.length = length
 
 
-class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention with separate key/query/value projections."""
-
-    def __init__(self, n_embd: int, n_head: int, attn_pdrop: float, resid_pdrop: float) -> None:
-        super().__init__()
-        self.key = nn.Linear(n_embd, n_embd)
-        self.query = nn.Linear(n_embd, n_embd)
-        self.value = nn.Linear(n_embd, n_embd)
-        self.proj = nn.Linear(n_embd, n_embd)
-        self.resid_drop = nn.Dropout(resid_pdrop)
-        self.attn_pdrop = attn_pdrop
-        self.n_head = n_head
-
-    def forward(self, x: Tensor, mask: Optional[Tensor] = None,
-                cache: Optional[tuple[Tensor, Tensor, int]] = None) -> Tensor:
-        """x: B×T×C. ``mask`` (bool T×S, True = attend) or None for plain causal;
-        ``cache`` = (keys, values, start) layer views B×H×L×d written at [start, start+T)."""
-        b, t, c = x.shape
-        shape = (b, t, self.n_head, c // self.n_head)
-        q, k, v = (decode_linear(x, lin).view(shape).transpose(1, 2)
-                   for lin in (self.query, self.key, self.value))
-        causal = mask is None
-        if cache is not None:
-            keys, values, start = cache
-            keys.narrow(2, start, t).copy_(k)
-            values.narrow(2, start, t).copy_(v)
-            k, v = keys.narrow(2, 0, start + t), values.narrow(2, 0, start + t)
-            # A single query at the end attends everything cached: no mask needed.
-            causal = mask is None and start == 0
-        drop = self.attn_pdrop if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop,
-                                           is_causal=causal and t > 1)
-        y = decode_linear(y.transpose(1, 2).reshape(b, t, c), self.proj)
-        # Dropout modules are skipped outside training: identities cost a call per step.
-        return self.resid_drop(y) if self.training else y
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(ln1(x)), then x + mlp(ln2(x))."""
-
-    def __init__(self, n_embd: int, n_head: int, attn_pdrop: float, resid_pdrop: float) -> None:
-        super().__init__()
-        self.ln1 = nn.LayerNorm(n_embd)
-        self.ln2 = nn.LayerNorm(n_embd)
-        self.attn = CausalSelfAttention(n_embd, n_head, attn_pdrop, resid_pdrop)
-        self.mlp = nn.Sequential(
-            nn.Linear(n_embd, MLP_EXPANSION * n_embd),
-            nn.GELU(),  # exact erf GELU, as nn.GELU() in the original
-            nn.Linear(MLP_EXPANSION * n_embd, n_embd),
-            nn.Dropout(resid_pdrop),
-        )
-
-    def forward(self, x: Tensor, mask: Optional[Tensor] = None,
-                cache: Optional[tuple[Tensor, Tensor, int]] = None) -> Tensor:
-        x = x + self.attn(self.ln1(x), mask=mask, cache=cache)
-        # The MLP's layers are called one by one so its Linears take decode_linear.
-        fc, act, out, drop = self.mlp
-        y = decode_linear(act(decode_linear(self.ln2(x), fc)), out)
-        return x + (drop(y) if self.training else y)
-
-
 @register("prior", "gpt")
 class GPT(AutoregressivePrior):
     """minGPT decoder-only transformer prior (original Net2NetTransformer layout).
@@ -166,22 +106,11 @@ class GPT(AutoregressivePrior):
         self.tok_emb = nn.Embedding(vocab_size, n_embd)
         self.pos_emb = nn.Parameter(torch.zeros(1, block_size, n_embd))
         self.drop = nn.Dropout(embd_pdrop)
-        self.blocks = nn.Sequential(*[Block(n_embd, n_head, attn_pdrop, resid_pdrop)
+        self.blocks = nn.Sequential(*[Block(n_embd, n_head, attn_pdrop, resid_pdrop, causal=True)
                                       for _ in range(n_layer)])
         self.ln_f = nn.LayerNorm(n_embd)
         self.head = nn.Linear(n_embd, vocab_size, bias=False)
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        """minGPT initialisation: N(0, 0.02) weights, zero biases, unit LayerNorm."""
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
-            if isinstance(module, nn.Linear) and module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+        self.apply(init_weights)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -249,7 +178,7 @@ class GPT(AutoregressivePrior):
         return self.drop(emb + self.pos_emb[:, start:start + t])
 
     def _logits(self, x: Tensor) -> Tensor:
-        return decode_linear(self.ln_f(x), self.head)
+        return self.head(self.ln_f(x))
 
     # ------------------------------------------------------------------ Prior API
     def forward(self, tokens: Tensor) -> Tensor:
@@ -296,13 +225,7 @@ class GPT(AutoregressivePrior):
     def parameter_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         """minGPT rule: weight decay on Linear weights only, none on biases, LayerNorm,
         embeddings and the position embedding."""
-        decay: list[nn.Parameter] = []
-        no_decay: list[nn.Parameter] = []
-        for module in self.modules():
-            for pname, param in module.named_parameters(recurse=False):
-                (decay if isinstance(module, nn.Linear) and pname == "weight" else no_decay).append(param)
-        return [{"params": decay, "weight_decay": float(weight_decay)},
-                {"params": no_decay, "weight_decay": 0.0}]
+        return linear_decay_groups(self, weight_decay)
 
     def configure_optimizers(self, lr: float, weight_decay: float = 0.01,
                              betas: tuple[float, float] = DEFAULT_BETAS) -> torch.optim.AdamW:

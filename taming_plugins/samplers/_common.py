@@ -9,8 +9,9 @@ from typing import Iterator, Optional
 import torch
 from torch import Tensor
 
-from taming_core import Prior, ValidationError
+from taming_core import Prior, Sampler, ValidationError, entries
 from taming_core.interfaces import ProgressCallback
+from taming_core.ops import fast_decoding
 from taming_core.validation import check_positive, check_tensor
 
 
@@ -23,10 +24,22 @@ def check_grid(grid: object, name: str) -> tuple[int, int]:
     return int(grid[0]), int(grid[1])
 
 
-def check_prior(prior: object, name: str) -> Prior:
-    """Raise unless ``prior`` implements the Prior interface."""
+def samplers_for(family: str) -> list[str]:
+    """Registered sampler names whose declared :attr:`Sampler.family` is ``family``."""
+    return sorted(e.name for e in entries("sampler")
+                  if isinstance(e.obj, type) and issubclass(e.obj, Sampler) and e.obj.family == family)
+
+
+def check_prior(prior: object, name: str, family: str = "autoregressive") -> Prior:
+    """Raise unless ``prior`` implements the Prior interface and belongs to ``family``
+    (the family of the sampler that calls it); the error names the samplers that fit."""
     if not isinstance(prior, Prior):
         raise ValidationError(f"{name}: expected a taming_core.Prior, got {type(prior).__name__}")
+    if prior.family != family:
+        fitting = samplers_for(prior.family)
+        hint = f"use {', '.join(fitting)}" if fitting else "no registered sampler drives that family"
+        raise ValidationError(f"{name}: this sampler drives {family} priors, got {type(prior).__name__} "
+                              f"(family {prior.family}); {hint}")
     return prior
 
 
@@ -130,11 +143,13 @@ def prefix_condition(condition: Optional[Tensor], grid: tuple[int, int], batch_s
 
 @contextlib.contextmanager
 def sampling_mode(prior: Prior) -> Iterator[None]:
-    """Run the prior in eval mode without autograd, restoring its training flag."""
+    """Run the prior in eval mode without autograd, restoring its training flag; its
+    Linear layers take the CPU few-row fast path (:func:`taming_core.ops.fast_decoding`)
+    meanwhile."""
     was_training = prior.training
     prior.eval()
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), fast_decoding(prior):
             yield
     finally:
         prior.train(was_training)

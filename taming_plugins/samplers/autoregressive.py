@@ -58,7 +58,7 @@ class AutoregressiveSampler(Sampler):
                condition: Optional[Tensor] = None,
                generator: Optional[torch.Generator] = None) -> Tensor:
         """Return Long B×H×W token ids sampled in raster order."""
-        prior = check_prior(prior, "autoregressive.sample(prior)")
+        prior = check_prior(prior, "autoregressive.sample(prior)", self.family)
         h, w = check_grid(grid, "autoregressive.sample(grid)")
         check_positive(batch_size, "autoregressive.sample(batch_size)")
         self.options.check_vocab(prior.vocab_size)

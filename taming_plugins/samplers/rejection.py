@@ -101,7 +101,7 @@ class RejectionSampler(Sampler):
                condition: Optional[Tensor] = None,
                generator: Optional[torch.Generator] = None) -> Tensor:
         """Return Long B×H×W ids: per sample, the best of ``candidates_per_sample`` draws."""
-        prior = check_prior(prior, "rejection.sample(prior)")
+        prior = check_prior(prior, "rejection.sample(prior)", self.sampler.family)
         grid = check_grid(grid, "rejection.sample(grid)")
         check_positive(batch_size, "rejection.sample(batch_size)")
         m = self.candidates_per_sample

@@ -167,7 +167,7 @@ class SlidingWindowSampler(Sampler):
                condition: Optional[Tensor] = None,
                generator: Optional[torch.Generator] = None) -> Tensor:
         """Return Long B×H×W token ids."""
-        prior = check_prior(prior, "sliding_window.sample(prior)")
+        prior = check_prior(prior, "sliding_window.sample(prior)", self.family)
         h, w = check_grid(grid, "sliding_window.sample(grid)")
         check_positive(batch_size, "sliding_window.sample(batch_size)")
         self.options.check_vocab(prior.vocab_size)

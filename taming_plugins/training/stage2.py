@@ -180,6 +180,8 @@ class PriorTrainer(Trainer):
 
     def _build_prior(self) -> Prior:
         spec = {k: v for k, v in self.config.prior.items() if k not in ("name", "kind")}
+        if "grid" in inspect.signature(get("prior", self.config.prior["name"])).parameters:
+            spec.setdefault("grid", list(self.cache.grid))  # grid-shaped priors (pixelcnn)
         for key, needed in (("vocab_size", self.layout.prior_vocab_size), ("block_size", self.seq_len)):
             given = spec.setdefault(key, needed)
             if given < needed:

@@ -10,20 +10,29 @@ from taming_core import plugins as plugin_mod
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plugins", help="list registered components and their origins",
-                       description="List registered components (kind, name, origin, description) "
+                       description="List registered components (kind, name, origin, family of priors and samplers, description) "
                        "and the entry-point plugins that were loaded or failed.")
     p.add_argument("--kind", choices=taming_core.KINDS, help="only this kind")
     p.add_argument("--pattern", default="*", help="fnmatch pattern on names (default '*')")
     p.set_defaults(func=run)
 
 
+def family_of(entry: taming_core.Entry) -> str:
+    """The declared family of a prior or sampler class ("-" for other kinds)."""
+    obj = entry.obj
+    if isinstance(obj, type) and issubclass(obj, (taming_core.Prior, taming_core.Sampler)):
+        return obj.family or "?"
+    return "-"
+
+
 def run(args: argparse.Namespace) -> int:
-    rows = [(e.kind, e.name, e.origin, e.description)
+    rows = [(e.kind, e.name, e.origin, family_of(e), e.description)
             for e in taming_core.entries(args.kind, args.pattern)]
-    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(("KIND", "NAME", "ORIGIN"))]
-    print(f"{'KIND':<{widths[0]}}  {'NAME':<{widths[1]}}  {'ORIGIN':<{widths[2]}}  DESCRIPTION")
-    for kind, name, origin, desc in rows:
-        print(f"{kind:<{widths[0]}}  {name:<{widths[1]}}  {origin:<{widths[2]}}  {desc}")
+    heads = ("KIND", "NAME", "ORIGIN", "FAMILY")
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(heads)]
+    print("  ".join(f"{h:<{w}}" for h, w in zip(heads, widths)) + "  DESCRIPTION")
+    for row in rows:
+        print("  ".join(f"{v:<{w}}" for v, w in zip(row, widths)) + f"  {row[-1]}")
     statuses = plugin_mod.plugin_status()
     if statuses:
         print("\nPLUGINS")

@@ -4,6 +4,7 @@ Usage::
 
     taming sample --pipeline runs/demo/pipeline --n 16 --out samples
     taming sample --pipeline DIR --grid 16 16 --sampler sliding_window --window 8 --top-k 64
+    taming sample --pipeline DIR --sampler maskgit --steps 12 --schedule cosine
 
 Writes OUT/sample_0000.png ... and OUT/grid.png. Batch ``i`` is drawn with seed
 ``--seed + i``, so a run is reproducible. The pipeline's own sampler is used unless
@@ -32,7 +33,7 @@ DEFAULT_OUT = "samples"
 GRID_FILE = "grid.png"
 SLIDING = "sliding_window"
 #: Sampler options the flags can set (flag dest == sampler keyword).
-SAMPLER_OPTIONS = ("temperature", "top_k", "top_p", "window", "policy")
+SAMPLER_OPTIONS = ("temperature", "top_k", "top_p", "window", "policy", "steps", "schedule")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -49,6 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-p", type=float, help="nucleus sampling mass in (0, 1]")
     p.add_argument("--window", type=int, help="sliding_window: window edge in tokens")
     p.add_argument("--policy", choices=("taming", "cached"), help="sliding_window: window placement")
+    p.add_argument("--steps", type=int, help="maskgit: parallel decoding steps (default 12)")
+    p.add_argument("--schedule", choices=("cosine", "linear", "square"), help="maskgit: masking schedule")
     p.add_argument("--label", type=int, help="class id for a class-conditional pipeline")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH,
                    help=f"samples per sampler call (default {DEFAULT_BATCH})")
@@ -61,7 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _check_args(args: argparse.Namespace) -> None:
     parser: argparse.ArgumentParser = args._parser
-    for flag in ("n", "batch_size", "top_k", "window", "nrow"):
+    for flag in ("n", "batch_size", "top_k", "window", "nrow", "steps"):
         value = getattr(args, flag)
         if value is not None and value <= 0:
             parser.error(f"--{flag.replace('_', '-')} must be > 0, got {value}")
@@ -77,20 +80,18 @@ def build_sampler(pipeline: Any, args: argparse.Namespace, grid: tuple[int, int]
     """The sampler the flags ask for (None: keep the pipeline's own)."""
     import taming_core
 
-    options = {k: getattr(args, k) for k in SAMPLER_OPTIONS if getattr(args, k) is not None}
+    options = {k: getattr(args, k, None) for k in SAMPLER_OPTIONS if getattr(args, k, None) is not None}
     name = args.sampler
     block = pipeline.prior.block_size
     cond_len = 1 if pipeline.conditioner is not None else 0
-    if name is None and grid[0] * grid[1] + cond_len - 1 > block:
+    if name is None and pipeline.prior.family == "autoregressive" and grid[0] * grid[1] + cond_len - 1 > block:
         name = SLIDING
         log.info("grid %d×%d exceeds the prior's context (block size %d): using %s", *grid, block, SLIDING)
     base = taming_core.spec_of(pipeline.sampler) if pipeline.sampler is not None else None
     if name is None and not options:
         return None
     if name is None:
-        if base is None:
-            raise ValueError("this pipeline has no sampler; give --sampler")
-        name = base["name"]
+        name = base["name"] if base is not None else pipeline.prior.default_sampler
     spec: dict[str, Any] = {}
     if base is not None and base["name"] == name:
         spec = {k: v for k, v in base.items() if k not in ("name", "kind")}

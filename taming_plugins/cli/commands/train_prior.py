@@ -22,9 +22,9 @@ OVERRIDES = {
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "train-prior", help="train a GPT prior over a frozen tokenizer's tokens (stage 2)",
+        "train-prior", help="train a prior (gpt, maskgit, pixelcnn...) over a frozen tokenizer's tokens (stage 2)",
         description="Tokenize the dataset once with a frozen tokenizer (cached, memory-mapped), "
-        "then train a prior on its own objective. Writes checkpoints/, metrics.jsonl and sample "
+        "then train a prior of any family on its own objective (--prior gpt|maskgit|pixelcnn). Writes checkpoints/, metrics.jsonl and sample "
         "grids (images/*.png) to --out. Options not given as flags come from --config (YAML/JSON "
         "with the sections of PriorTrainConfig: tokenizer, prior, conditioner, sampler, data, "
         "optim, train).")
@@ -32,6 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="'photos', 'fashion-mnist' or an image folder (default photos)")
     p.add_argument("--out", help="run directory (checkpoints, samples, metrics)")
     p.add_argument("--config", help="YAML/JSON file with stage-2 options (prior, conditioner, ...)")
+    p.add_argument("--prior", metavar="NAME", help="registered prior: gpt (default), maskgit, pixelcnn, "
+                   "...; options of the config's prior spec that it accepts are kept")
     p.add_argument("--image-size", type=int, help="image side length in pixels")
     p.add_argument("--max-items", type=int, help="use only the first N dataset items")
     p.add_argument("--steps", type=int, help="total optimizer steps")
@@ -59,12 +61,31 @@ def _merged_config(args: argparse.Namespace) -> dict[str, Any]:
     config = apply_run_overrides(config, args, OVERRIDES)
     if args.precision is not None:
         config.setdefault("optim", {})["bf16"] = args.precision == "bf16"
+    if args.prior is not None:
+        config["prior"] = _prior_spec(args.prior, config.get("prior"))
     parser: argparse.ArgumentParser = args._parser
     if "out" not in config.get("train", {}):
         parser.error("--out is required (or train.out in --config)")
     if "tokenizer" not in config:
         parser.error("--tokenizer is required (or tokenizer in --config)")
     return config
+
+
+def _prior_spec(name: str, given: Any) -> dict[str, Any]:
+    """``{"name": name}`` plus the options of the given (or default) prior spec that the
+    named prior accepts (e.g. a gpt's n_layer/n_head/n_embd carry over to maskgit)."""
+    import copy
+    import inspect
+
+    import taming_core
+    from taming_plugins.training.config import DEFAULT_PRIOR
+
+    base = dict(given) if isinstance(given, dict) else copy.deepcopy(DEFAULT_PRIOR)
+    if base.get("name") == name:
+        return base
+    accepted = inspect.signature(taming_core.get("prior", name)).parameters
+    return {"name": name, **{k: v for k, v in base.items()
+                             if k in accepted and k not in ("vocab_size", "block_size")}}
 
 
 def run(args: argparse.Namespace) -> int:
