@@ -178,3 +178,15 @@ def test_every_prior_family_reports_ids_outside_its_vocabulary():
         pixelcnn.loss(torch.tensor([[1, 2, 3, VOCAB]]), torch.tensor([[16]]))
     with pytest.raises(ValidationError, match=r"pixelcnn\(tokens\): token ids"):
         pixelcnn.forward_cached(torch.tensor([[16, 1, VOCAB]]), pixelcnn.new_cache(1, 5))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"guidance_scale": float("nan"), "null_condition": torch.zeros(1, 1, dtype=torch.long)},
+     "guidance_scale"),
+    ({"temperature": 1e-300}, "temperature"),
+    ({"choice_temperature": float("nan")}, "choice_temperature"),
+    ({"choice_temperature": float("inf")}, "choice_temperature"),
+])
+def test_maskgit_sampler_settings_are_validated_at_construction(kwargs, match):
+    with pytest.raises(ValidationError, match=match):
+        taming_core.create("sampler", "maskgit", **kwargs)
