@@ -52,6 +52,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp_path, _DEFAULT_MODE & ~_UMASK)  # again: writers that recreate the file (safetensors)
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():

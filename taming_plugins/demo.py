@@ -50,7 +50,7 @@ TOP_KEYS = ("data", "image_size", "seed", "device", "threads", "disc_start_fract
             "sampling", "eval")
 SECTION_KEYS = {
     "sampling": ("window_scale", "sliding_policy", "sliding_samples"),
-    "eval": ("val_images", "show_images"),
+    "eval": ("val_images", "show_images", "sample_fid"),
 }
 #: Values of ``stage1.loss.perceptual`` besides a loss spec.
 PERCEPTUAL_AUTO, PERCEPTUAL_NONE = "auto", "none"
@@ -129,7 +129,9 @@ def resolve_demo_config(config: Optional[Union[Mapping[str, Any], str, Path]] = 
 
 
 def _validate(cfg: Mapping[str, Any]) -> None:
-    for path in ("image_size", "threads", "sampling.window_scale", "sampling.sliding_samples",
+    if cfg["threads"] != "auto":
+        check_positive(cfg["threads"], "threads")
+    for path in ("image_size", "sampling.window_scale", "sampling.sliding_samples",
                  "eval.val_images", "eval.show_images"):
         section, _, key = path.partition(".")
         value = cfg[section][key] if key else cfg[section]
@@ -166,8 +168,14 @@ def perceptual_choice(setting: Any) -> tuple[Optional[dict[str, Any]], str]:
 
 
 def _dataset_kwargs(data: str, length: int) -> dict[str, Any]:
-    """``length`` only applies to the bundled photos (they are drawn, not enumerated)."""
-    return {"length": length} if str(data) == "photos" else {}
+    """``length`` only applies to the bundled photos (they are drawn, not enumerated); an
+    image folder gives several crops per image (enough for a small folder's few held-out
+    images too; the first items span every file)."""
+    from taming_plugins.data import BUILTIN_DATASETS
+
+    if str(data) == "photos":
+        return {"length": length}
+    return {} if str(data) in BUILTIN_DATASETS else {"crops_per_image": "auto"}
 
 
 def _train_images(cfg: Mapping[str, Any]) -> int:
@@ -349,6 +357,30 @@ def compose_overview(recon_grid: Tensor, samples: Tensor, sliding: Tensor, path:
 
 
 # --------------------------------------------------------------------------- the demo
+#: ``threads: auto`` uses at most this many torch threads.
+AUTO_MAX_THREADS = 4
+
+
+def choose_threads(setting: Any) -> tuple[int, str]:
+    """(torch CPU threads, why): an int is used as given; ``"auto"`` takes the cores left
+    free by other processes (CPU count minus the 1-minute load average, rounded), at
+    least 1 and at most :data:`AUTO_MAX_THREADS`. On a 2-core machine where another
+    process holds a core this gives 1: more threads than free cores make every step
+    wait for the slowest thread (3-7 s per step instead of ~0.3 s)."""
+    import os
+
+    if setting != "auto":
+        return int(setting), "from the config"
+    cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # no load average on this platform
+        load = 0.0
+    free = round(cores - load)
+    threads = max(1, min(AUTO_MAX_THREADS, free))
+    return threads, f"auto: {cores} CPU cores, load average {load:.1f}"
+
+
 class PhaseTimer:
     """Wall-clock and process CPU seconds of named phases (CPU time shows the cost of a
     run independently of other load on a shared machine)."""
@@ -410,7 +442,9 @@ def run_demo(config: Optional[Union[Mapping[str, Any], str, Path]] = None,
     out.mkdir(parents=True, exist_ok=True)
     files = {k: out / v for k, v in FILES.items()}
     device = resolve_device(str(cfg["device"]))
-    torch.set_num_threads(int(cfg["threads"]))
+    threads, threads_reason = choose_threads(cfg["threads"])
+    torch.set_num_threads(threads)
+    log.warning("taming demo: %d torch thread(s) (%s)", threads, threads_reason)
     seed_everything(int(cfg["seed"]))
     seed, timer = int(cfg["seed"]), PhaseTimer()
     with timer.phase("total"):
@@ -418,11 +452,11 @@ def run_demo(config: Optional[Union[Mapping[str, Any], str, Path]] = None,
         pipeline.save(files["pipeline"])
         grid = pipeline.grid
         assert grid is not None
-        log.info("evaluating on %d held-out crops and sampling", cfg["eval"]["val_images"])
         with timer.phase("eval"):
             val = get_dataset(cfg["data"], int(cfg["image_size"]), split="val",
                               **_dataset_kwargs(cfg["data"], int(cfg["eval"]["val_images"])))
             n_val = min(int(cfg["eval"]["val_images"]), len(val))  # type: ignore[arg-type]
+            log.info("evaluating on %d held-out crops and sampling", n_val)  # the true count
             images = torch.stack([val[i] for i in range(n_val)])
             metrics: dict[str, Any] = held_out_metrics(pipeline, images, device)
             shown = images[:int(cfg["eval"]["show_images"])].to(device)
@@ -444,6 +478,13 @@ def run_demo(config: Optional[Union[Mapping[str, Any], str, Path]] = None,
                         f"sliding window, {big[0]}x{big[1]} tokens")
             compose_overview(recon_grid, samples, sliding, files["overview"], nrow=shown.shape[0],
                              captions=captions)
+        with timer.phase("figures"):  # colours, border frames, sample FID (taming_plugins.eval.figures)
+            from taming_plugins.eval.figures import picture_figures
+
+            recon_all = torch.cat([pipeline.reconstruct(b.to(device))[0].cpu() for b in images.split(EVAL_BATCH)])
+            metrics.update(picture_figures(images, recon_all, samples, sliding,
+                                           ring=pipeline.tokenizer.downsample_factor, device=device,
+                                           fid=bool(cfg["eval"].get("sample_fid", True))))
     metrics["seconds"] = dict(timer.wall)
     metrics["cpu_seconds"] = dict(timer.cpu)
     metrics["settings"] = {
@@ -453,7 +494,8 @@ def run_demo(config: Optional[Union[Mapping[str, Any], str, Path]] = None,
         "stage1_steps": int(stage1_config(cfg, out, None, False).train.steps),
         "stage2_steps": int(stage2_config(cfg, out, False).train.steps),
         "perceptual_loss": perceptual_text, "val_images": n_val, "device": str(device),
-        "threads": torch.get_num_threads(), "seed": seed, "torch": torch.__version__,
+        "threads": torch.get_num_threads(), "threads_choice": threads_reason, "seed": seed,
+        "torch": torch.__version__,
     }
     write_json(files["metrics"], metrics)
     return DemoResult(out=out, files=files, metrics=metrics, pipeline=pipeline)
@@ -463,6 +505,12 @@ def run_demo(config: Optional[Union[Mapping[str, Any], str, Path]] = None,
 SUMMARY_ROWS = (
     ("held-out PSNR (dB)", "psnr_db", "{:.2f}"),
     ("held-out SSIM", "ssim", "{:.3f}"),
+    ("colour shift (mean per-channel error)", "colour_err", "{:.4f}"),
+    ("border / interior error (<= 1.5)", "border_ratio", "{:.2f}"),
+    ("worst edge / interior error", "worst_edge_ratio", "{:.2f}"),
+    ("sliding-window edge / interior (<= 1.5)", "sliding_edge_ratio", "{:.2f}"),
+    ("sliding-window worst edge shift (std)", "sliding_worst_edge_shift", "{:.2f}"),
+    ("sample FID vs held-out crops (few images!)", "sample_fid", "{:.1f}"),
     ("codebook usage (%)", "codebook_usage_pct", "{:.1f}"),
     ("codebook perplexity", "codebook_perplexity", "{:.1f}"),
     ("prior held-out perplexity", "prior_perplexity", "{:.1f}"),
@@ -481,6 +529,8 @@ def summary_table(result: DemoResult) -> str:
                      f"{'×'.join(map(str, settings['token_grid']))} / "
                      f"{'×'.join(map(str, settings['sliding_window_grid']))}"))
         rows.append(("perceptual loss", str(settings["perceptual_loss"]).split(" (")[0]))
+        if "threads" in settings:
+            rows.append(("torch threads", f"{settings['threads']} ({settings.get('threads_choice', '')})"))
     cpu = m.get("cpu_seconds", {})
     rows += [(f"time: {k} (s, wall / cpu)", f"{v:.1f} / {cpu[k]:.1f}" if k in cpu else f"{v:.1f}")
              for k, v in m.get("seconds", {}).items()]

@@ -25,7 +25,7 @@ TINY = {
     "stage2": {"data": {"batch_size": 8, "max_items": 32},
                "prior": {"name": "gpt", "n_layer": 1, "n_head": 2, "n_embd": 32},
                "sampler": {"name": "autoregressive", "top_k": 16}, "train": {"num_samples": 2}},
-    "eval": {"val_images": 8, "show_images": 4},
+    "eval": {"val_images": 8, "show_images": 4, "sample_fid": False},  # Inception on the CPU: ~20 s
 }
 TINY_SIZE = 16          # 4×4 token grid
 TINY_STEPS = ("3", "4")
@@ -82,7 +82,10 @@ def test_demo_metrics_are_sane(demo_run):
     assert 1 <= m["codebook_perplexity"] <= 32
     assert 1 <= m["prior_perplexity"] <= 33 + 1e-6  # at most the prior's vocabulary (32 codes + SOS)
     assert m["sampling_tokens_per_s"] > 0 and m["sliding_window_tokens_per_s"] > 0
-    assert set(m["seconds"]) == set(m["cpu_seconds"]) == {"stage1", "stage2", "eval", "sampling", "total"}
+    assert set(m["seconds"]) == set(m["cpu_seconds"]) == {"stage1", "stage2", "eval", "sampling", "figures",
+                                                          "total"}
+    assert 0 <= m["colour_err"] < 1 and m["border_ratio"] > 0 and m["sliding_edge_ratio"] > 0
+    assert "sample_fid_note" in m and ("sample_fid" not in m or m["sample_fid"] >= 0)
     s = m["settings"]
     assert (s["stage1_steps"], s["stage2_steps"]) == tuple(map(int, TINY_STEPS))
     assert s["seed"] == 3 and s["threads"] == 1 and s["codebook_size"] == 32
@@ -91,7 +94,8 @@ def test_demo_metrics_are_sane(demo_run):
 def test_demo_pipeline_is_usable_by_taming_sample(demo_run, tmp_path, capsys):
     out = tmp_path / "samples"
     assert main(["sample", "--pipeline", str(demo_run / "pipeline"), "--n", "2", "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["grid.png", "sample_0000.png", "sample_0001.png"]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "grid.png", "sample_0000.png", "sample_0001.png"]
 
 
 def test_summary_table_lists_metrics_and_files(tmp_path):
@@ -117,7 +121,7 @@ def test_demo_builds_the_trainers_own_configs(tmp_path):
     from taming_plugins.demo import stage1_config, stage2_config
     from taming_plugins.training.config import PriorTrainConfig, TokenizerTrainConfig
 
-    cfg = resolve_demo_config(TINY, image_size=16, stage1__train__steps=10)
+    cfg = resolve_demo_config(TINY, image_size=16, stage1__train__steps=10, disc_start_fraction=0.7)
     one = stage1_config(cfg, tmp_path / "tok", None, progress=False)
     two = stage2_config(cfg, tmp_path / "prior", progress=False)
     assert isinstance(one, TokenizerTrainConfig) and isinstance(two, PriorTrainConfig)

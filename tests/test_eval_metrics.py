@@ -190,3 +190,85 @@ def test_report_json_is_strict_with_infinite_psnr(tmp_path):
     assert "Infinity" not in text
     assert json.loads(text)["metrics"]["psnr"] == "inf"
     assert np.isfinite(json.loads(text)["metrics"]["ssim"])
+
+
+# --------------------------------------------------------------------------- colour and border figures
+from hypothesis import given as _given, settings as _settings, strategies as _st  # noqa: E402
+
+from taming_plugins.eval import border_error_ratio, channel_mean_error, edge_interior_ratio  # noqa: E402
+
+
+@_settings(max_examples=30, deadline=None)
+@_given(shift=_st.floats(-0.5, 0.5), side=_st.integers(4, 12), seed=_st.integers(0, 100))
+def test_channel_mean_error_is_the_colour_shift(shift, side, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(2, 3, side, side, generator=g) * 0.5 - 0.25
+    y = x.clone()
+    y[:, 0] += shift  # only the red channel moves; [-1, 1] scale -> [0, 1] halves it
+    err = channel_mean_error(y, x)
+    assert torch.allclose(err, torch.full((2,), abs(shift) / 2 / 3), atol=1e-5)
+    assert torch.equal(channel_mean_error(x, x), torch.zeros(2))
+
+
+@_settings(max_examples=30, deadline=None)
+@_given(frame=_st.floats(0.3, 0.8), side=_st.integers(6, 16), seed=_st.integers(0, 100))
+def test_border_ratios_see_a_frame(frame, side, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(1, 3, side, side, generator=g) * 2 - 1
+    noisy = (x + 0.05 * torch.randn(x.shape, generator=g)).clamp(-1, 1)  # the frame dominates the noise
+    framed = noisy.clone()
+    framed[..., 0, :] += frame
+    framed[..., -1, :] += frame
+    framed[..., :, 0] += frame
+    framed[..., :, -1] += frame
+    assert border_error_ratio(framed, x) > border_error_ratio(noisy, x)
+    flat = torch.zeros(1, 3, side, side) + 0.01 * torch.randn(1, 3, side, side, generator=g)
+    flat_framed = flat.clone()
+    flat_framed[..., 0, :] = flat_framed[..., -1, :] = frame
+    assert edge_interior_ratio(flat_framed) > 1.5 > edge_interior_ratio(flat)
+
+
+def test_border_ratio_rejects_a_ring_wider_than_the_image():
+    x = torch.zeros(1, 3, 4, 4)
+    with pytest.raises(ValidationError, match="ring"):
+        border_error_ratio(x, x, ring=2)
+
+
+def test_picture_figures_report_colours_borders_and_why_no_fid():
+    from taming_plugins.eval.figures import picture_figures, sample_fid
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 3, 16, 16, generator=g) * 2 - 1
+    shifted = (x + 0.2).clamp(-1, 1)
+    figs = picture_figures(x, shifted, x[:2], x[:1], ring=4, fid=False)
+    assert figs["colour_err"] > 0.03 and 0.5 < figs["border_ratio"] < 1.5
+    assert 0 < figs["samples_edge_ratio"] and 0 < figs["sliding_edge_ratio"]
+    assert figs["sample_fid_note"] == "not computed: disabled in the config"
+    assert picture_figures(x, x, x[:2], None, ring=4, fid=False)["colour_err"] == 0
+    assert "differ in size" in sample_fid(x, x[:, :, :8, :8])["sample_fid_note"]
+    assert "at least 2 images" in sample_fid(x, x[:1])["sample_fid_note"]
+
+
+def test_worst_edge_ratio_sees_a_line_along_one_edge():
+    from taming_plugins.eval import worst_edge_error_ratio
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(3, 3, 12, 12, generator=g) * 2 - 1
+    y = (x + 0.05 * torch.randn(x.shape, generator=g)).clamp(-1, 1)
+    lined = y.clone()
+    lined[..., -1, :] = (lined[..., -1, :] + 0.6).clamp(-1, 1)  # a light line along the bottom only
+    assert worst_edge_error_ratio(lined, x).min() > 2.0 > worst_edge_error_ratio(y, x).max()
+    assert (worst_edge_error_ratio(lined, x) > border_error_ratio(lined, x)).all()
+
+
+@_settings(max_examples=20, deadline=None)
+@_given(lift=_st.floats(0.3, 0.8), seed=_st.integers(0, 50))
+def test_worst_edge_shift_sees_a_light_edge(lift, seed):
+    from taming_plugins.eval import worst_edge_shift
+
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.rand(2, 3, 16, 16, generator=g) * 0.8 - 0.4)
+    lit = x.clone()
+    lit[..., :, -4:] += lift  # a lighter right band, one token (4 px) wide
+    assert (worst_edge_shift(lit, ring=4) > 0.5).all()
+    assert (worst_edge_shift(lit, ring=4) > worst_edge_shift(x, ring=4)).all()

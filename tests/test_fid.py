@@ -174,7 +174,7 @@ def test_reference_cache_reused_and_invalidated(extractor, tmp_path):
 
     def run(num_images: int = 8):
         counter.images = 0
-        data = get_dataset(str(folder), SIZE, split="val")
+        data = get_dataset(str(folder), SIZE, split="all")
         report = evaluate(model, data, metrics="rfid", num_images=num_images, batch_size=3,
                           dataset_spec=str(folder), fid_extractor=extractor, cache=cache, progress=False)
         return report, counter.images
@@ -273,8 +273,8 @@ def test_missing_extra_fails_with_one_install_line(monkeypatch, capsys, tmp_path
 @needs_fid
 def test_cli_eval_original_checkpoint_writes_reports(tiny_net_path, tmp_path, capsys):
     folder = _write_folder(tmp_path / "data", _images(6))
-    args = ["eval", "--tokenizer", str(REFERENCE_CKPT), "--data", str(folder), "--size", str(SIZE),
-            "--num-images", "6", "--batch-size", "4", "--metrics", "psnr,ssim,usage,rfid",
+    args = ["eval", "--tokenizer", str(REFERENCE_CKPT), "--data", str(folder), "--split", "all",
+            "--size", str(SIZE), "--num-images", "6", "--batch-size", "4", "--metrics", "psnr,ssim,usage,rfid",
             "--feature-net", str(tiny_net_path), "--feature-size", str(SIZE), "--cache-dir",
             str(tmp_path / "cache"), "--out", str(tmp_path / "out"), "--device", "cpu", "--no-progress"]
     assert main(args) == 0
@@ -299,10 +299,11 @@ def test_cli_eval_pipeline_sample_fid(tiny_net_path, tmp_path):
     ckpt = load_taming_checkpoint(REFERENCE_CKPT.with_name("net2net_gpt_small.ckpt"),
                                   REFERENCE_CKPT.with_name("net2net_gpt_small.yaml"))
     pipe = taming_core.Pipeline(ckpt.tokenizer, ckpt.prior, taming_core.create("sampler", "autoregressive"),
-                                taming_core.create("conditioner", "sos"), grid=(2, 2))
+                                taming_core.create("conditioner", "sos"), grid=(SIZE // 4, SIZE // 4))
     pipe.save(tmp_path / "pipe")
     folder = _write_folder(tmp_path / "data", _images(4))
-    args = ["eval", "--pipeline", str(tmp_path / "pipe"), "--data", str(folder), "--size", str(SIZE),
+    args = ["eval", "--pipeline", str(tmp_path / "pipe"), "--data", str(folder), "--split", "all",
+            "--size", str(SIZE),
             "--num-images", "4", "--batch-size", "2", "--metrics", "fid,rfid", "--feature-net",
             str(tiny_net_path), "--feature-size", str(SIZE), "--no-cache", "--out", str(tmp_path / "out"),
             "--device", "cpu", "--no-progress"]
@@ -336,3 +337,15 @@ def test_bundled_inception_fid_zero_on_itself_and_grows_with_noise():
     low = ext.fid(ref, stats_of(ext, _batches(_noisy(x, 0.1), 6)))
     high = ext.fid(ref, stats_of(ext, _batches(_noisy(x, 0.3), 6)))
     assert 0 < low < high
+
+
+@needs_fid
+def test_fid_refuses_samples_of_another_size_than_the_references(extractor):
+    x = _images(6)
+    small = NoisyReconstructor(nn.functional.avg_pool2d(x, 2), noise=0.0)  # samples at half the size
+    with pytest.raises(ValidationError, match=rf"samples are {SIZE // 2}×{SIZE // 2} px but the reference "
+                                              rf"images {SIZE}×{SIZE}; .*--size {SIZE // 2}"):
+        evaluate(small, TensorImages(x), metrics="fid", batch_size=3, fid_extractor=extractor, progress=False)
+    same = evaluate(NoisyReconstructor(x, noise=0.05), TensorImages(x), metrics="fid", batch_size=3,
+                    fid_extractor=extractor, progress=False)
+    assert same.details["reference_image_size"] == [SIZE, SIZE] and same.metrics["fid"] >= 0

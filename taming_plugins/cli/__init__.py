@@ -14,11 +14,13 @@ when ``TAMING_DISABLE_PLUGIN_AUTOLOAD`` is set.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
+import os
 import pkgutil
 import sys
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 from . import commands
 
@@ -61,16 +63,35 @@ def _error_line(exc: BaseException) -> str:
     return msg
 
 
+def launch_rank() -> int:
+    """This process's rank when started by torchrun (``RANK``), else 0."""
+    value = os.environ.get("RANK", "0")
+    return int(value) if value.isdigit() else 0
+
+
+@contextlib.contextmanager
+def _quiet_stdout(quiet: bool) -> Iterator[None]:
+    if not quiet:
+        yield
+        return
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        yield
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the CLI; returns the exit code (also used as the console-script entry)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose + 1, 2)
+    rank = launch_rank()
+    if rank != 0:  # under torchrun only rank 0 logs and prints; errors still reach stderr
+        level = logging.ERROR
     logging.basicConfig(level=level, format="%(message)s")
     try:
         if args.plugins:
             _load_plugins(args.plugins)
-        rc = args.func(args)
+        with _quiet_stdout(rank != 0):
+            rc = args.func(args)
     except KeyboardInterrupt:
         print(f"taming {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -203,3 +203,61 @@ def load_net2net(state_dict: Mapping[str, Tensor], config: Union[PathLike, Mappi
                              sos_token=int(params.get("sos_token", DEFAULT_SOS_TOKEN)),
                              unconditional=unconditional, cond_stage=cond_stage,
                              cond_tokenizer=cond_tok, config=params, ignored_keys=ignored)
+
+
+#: Original weight-less condition stages that map to a registered conditioner.
+SOS_PROVIDER = "SOSProvider"
+LABELATOR = "Labelator"
+#: Sampler of a converted pipeline (the original sample scripts use top-k 100).
+DEFAULT_TOP_K = 100
+
+
+def _grid_for(ckpt: Net2NetCheckpoint, cond_len: int) -> tuple[int, int]:
+    """The token grid of a converted pipeline: the first stage's nominal resolution / f,
+    or the largest square that fits the prior's context."""
+    f = ckpt.tokenizer.downsample_factor
+    ddconfig = _section(ckpt.config, "first_stage_config").get("ddconfig", {})
+    side = int(ddconfig.get("resolution", 0)) // f
+    room = ckpt.prior.block_size + 1 - cond_len
+    if side < 1 or side * side > room:
+        side = int(room ** 0.5)
+    return side, side
+
+
+def net2net_conditioner(ckpt: Net2NetCheckpoint) -> tuple[dict[str, Any], int]:
+    """(conditioner spec, cond_offset) reproducing the original's condition prefix.
+
+    * unconditional / ``SOSProvider``: ``sos``, the SOS token id at ``cond_offset``;
+    * ``Labelator`` (class-conditional): ``class_label`` without a null id, class ids
+      shared with image ids (``cond_offset`` 0), as the original concatenates them.
+
+    VQGAN-tokenized conditions (depth, segmentation, the first stage) are spatial
+    inputs the ``sample`` command cannot supply; they raise :class:`ConfigError`.
+    """
+    if ckpt.unconditional:
+        return {"name": "sos"}, ckpt.sos_token
+    cond_cfg = ckpt.config.get("cond_stage_config")
+    target = str(cond_cfg.get("target", "")) if isinstance(cond_cfg, Mapping) else str(cond_cfg)
+    params = dict(cond_cfg.get("params") or {}) if isinstance(cond_cfg, Mapping) else {}
+    short = target.rsplit(".", 1)[-1]
+    if short == SOS_PROVIDER:
+        return {"name": "sos"}, int(params.get("sos_token", ckpt.sos_token))
+    if short == LABELATOR:
+        return {"name": "class_label", "num_classes": int(params.get("n_classes", 1000)),
+                "null_token": False}, 0
+    raise ConfigError(f"model.params.cond_stage_config: {target or ckpt.cond_stage!r} conditions on "
+                      "images (a VQGAN-tokenized map); only unconditional, SOSProvider and Labelator "
+                      "checkpoints convert to a pipeline")
+
+
+def net2net_pipeline(ckpt: Net2NetCheckpoint) -> Any:
+    """A :class:`taming_core.Pipeline` of a Net2NetTransformer checkpoint: first stage,
+    transformer, the SOS/condition layout, the first stage's grid and a top-k sampler."""
+    from taming_core import Pipeline, create, create_from_spec
+
+    spec, cond_offset = net2net_conditioner(ckpt)
+    conditioner = create_from_spec("conditioner", spec)
+    sampler = create("sampler", "autoregressive", top_k=min(DEFAULT_TOP_K, ckpt.tokenizer.vocab_size),
+                     vocab_limit=ckpt.tokenizer.vocab_size)
+    return Pipeline(ckpt.tokenizer, ckpt.prior, sampler, conditioner, cond_offset=cond_offset,
+                    grid=_grid_for(ckpt, cond_len=1)).eval()

@@ -238,6 +238,9 @@ def original_params(tokenizer: VQGANTokenizer,
     if not isinstance(tokenizer, VQGANTokenizer):
         raise ConfigError(f"save_taming_checkpoint: expected a vqgan tokenizer, "
                           f"got {type(tokenizer).__name__}")
+    if tokenizer.padding_mode != "zeros":
+        raise ConfigError(f"save_taming_checkpoint: the original code pads with zeros only, this "
+                          f"tokenizer with {tokenizer.padding_mode!r} (padding_mode)")
     q = tokenizer.quantize
     dd = tokenizer.ddconfig
     params: dict[str, Any] = {"embed_dim": tokenizer.embed_dim, "n_embed": tokenizer.vocab_size,

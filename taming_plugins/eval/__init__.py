@@ -19,11 +19,14 @@ from .evaluate import (ALL_METRICS, RECONSTRUCTION_METRICS, EvalReport, TensorIm
                        parse_metrics, rfid_if_available, stats_of_samples)
 from .fid import (DEFAULT_FEATURE_NET, FeatureStats, FidFeatureExtractor, FidUnavailableError,
                   fid_available, frechet_distance, stats_of)
-from .metrics import PerceptualDistance, load_lpips, psnr, ssim, to_unit_range
+from .metrics import (PerceptualDistance, border_error_ratio, channel_mean_error, edge_interior_ratio,
+                      load_lpips, psnr, ssim, to_unit_range, worst_edge_error_ratio, worst_edge_shift)
 from .report import write_report
 
 __all__ = [
     "ALL_METRICS", "DEFAULT_FEATURE_NET", "RECONSTRUCTION_METRICS", "CodebookStats", "EvalReport",
+    "border_error_ratio", "channel_mean_error", "edge_interior_ratio", "worst_edge_error_ratio",
+    "worst_edge_shift",
     "FeatureStats", "FidFeatureExtractor", "FidUnavailableError", "PerceptualDistance",
     "ReferenceStatsCache", "TensorImages", "dataset_identity", "default_cache_dir", "evaluate",
     "fid_available", "frechet_distance", "load_lpips", "parse_metrics", "psnr", "rfid_if_available",

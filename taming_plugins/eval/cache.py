@@ -37,7 +37,7 @@ DEFAULT_CACHE_DIR = Path("~/.cache/taming/fid")
 ENV_CACHE_DIR = "TAMING_FID_CACHE"
 #: Dataset attributes that change which images it yields.
 _SETTING_ATTRS = ("size", "split", "seed", "length", "crop_scale", "random_crop", "flip", "rgb",
-                  "names", "epoch")
+                  "names", "epoch", "crops_per_image", "held_out")
 _KEY_DIGEST_CHARS = 24
 
 

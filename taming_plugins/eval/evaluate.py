@@ -235,11 +235,20 @@ def evaluate(model: Any, dataset: Dataset, *, metrics: Union[str, Sequence[str]]
     if "fid" in names:
         assert fid_extractor is not None and ref_stats is not None
         start = time.perf_counter()
-        samples = stats_of_samples(model, fid_extractor, n, batch_size, seed=seed, progress=progress)
+        ref_size = _image_size(dataset)
+        report.details["reference_image_size"] = list(ref_size)
+        samples = stats_of_samples(model, fid_extractor, n, batch_size, seed=seed, progress=progress,
+                                   expected_size=ref_size)
         report.metrics["fid"] = fid_extractor.fid(ref_stats, samples)
         report.details["seconds"]["fid_samples"] = round(time.perf_counter() - start, 3)
     report.metrics = {k: report.metrics[k] for k in _metric_order(report.metrics)}
     return report
+
+
+def _image_size(dataset: Dataset) -> tuple[int, int]:
+    item = dataset[0]
+    image = item[0] if isinstance(item, (tuple, list)) else item
+    return int(image.shape[-2]), int(image.shape[-1])
 
 
 def _metric_order(metrics: dict[str, float]) -> list[str]:
@@ -323,8 +332,12 @@ def _update_reconstruction(report: EvalReport, running: dict[str, _Running], bat
 @torch.no_grad()
 def stats_of_samples(model: Any, fid: FidFeatureExtractor, num_samples: int,
                      batch_size: int = DEFAULT_BATCH_SIZE, *, seed: int = 0,
-                     progress: bool = True) -> FeatureStats:
-    """FID statistics of ``num_samples`` images from ``model.generate(n, seed=...)``."""
+                     progress: bool = True, expected_size: Optional[tuple[int, int]] = None) -> FeatureStats:
+    """FID statistics of ``num_samples`` images from ``model.generate(n, seed=...)``.
+
+    ``expected_size`` (H, W): the reference images' size; samples of another size are
+    refused (both sets are resized to the feature network's input, so a size mismatch
+    would be measured as a difference of quality)."""
     fid.start("eval")
     bar = _progress(num_samples, "sampling", progress)
     try:
@@ -334,6 +347,11 @@ def stats_of_samples(model: Any, fid: FidFeatureExtractor, num_samples: int,
             images = model.generate(count, seed=seed + i)
             check_tensor(images, "generate()", dims=(count, "C", "H", "W"), dtype="float")
             _check_channels(images, "generate()")
+            size = (int(images.shape[-2]), int(images.shape[-1]))
+            if expected_size is not None and size != tuple(expected_size):
+                raise ValidationError(f"FID: the samples are {size[0]}×{size[1]} px but the reference "
+                                      f"images {expected_size[0]}×{expected_size[1]}; evaluate the "
+                                      f"reference set at the samples' size (eval --size {size[0]})")
             fid.add("eval", as_rgb(images.float().cpu()))
             done += count
             bar.update(count)

@@ -138,3 +138,72 @@ def load_lpips(device: torch.device | str = "cpu", **kwargs: Any) -> tuple[Optio
         return None, reason
     return PerceptualDistance(loss, device), ""
 
+
+
+def channel_mean_error(x: Tensor, y: Tensor) -> Tensor:
+    """Colour shift per image: the mean over channels of ``|mean_c(x) - mean_c(y)|``, on
+    the [0, 1] scale (B). A reconstruction that keeps colours scores near 0 even when its
+    details differ; a red object coming back brown scores high."""
+    _check_pair(x, y, "channel_mean_error")
+    a, b = to_unit_range(x).float(), to_unit_range(y).float()
+    return (a.mean(dim=(-2, -1)) - b.mean(dim=(-2, -1))).abs().mean(dim=1)
+
+
+def _ring_mask(h: int, w: int, ring: int, device: torch.device) -> Tensor:
+    if not 0 < 2 * ring < min(h, w):
+        raise ValidationError(f"ring: expected 0 < 2·ring < {min(h, w)} (the image side), got {ring}")
+    mask = torch.ones(h, w, dtype=torch.bool, device=device)
+    mask[ring:h - ring, ring:w - ring] = False
+    return mask
+
+
+def border_error_ratio(x: Tensor, y: Tensor, ring: int = 1) -> Tensor:
+    """Per image (B): mean absolute error of the outer ``ring`` pixels divided by the mean
+    absolute error of the interior. About 1 without border artifacts; a frame around
+    reconstructions (zero padding, edge effects) shows as a ratio well above 1."""
+    _check_pair(x, y, "border_error_ratio")
+    err = (to_unit_range(x).float() - to_unit_range(y).float()).abs().mean(dim=1)  # B×H×W
+    mask = _ring_mask(err.shape[-2], err.shape[-1], ring, err.device)
+    return err[:, mask].mean(dim=1) / err[:, ~mask].mean(dim=1).clamp_min(1e-8)
+
+
+def worst_edge_error_ratio(x: Tensor, y: Tensor) -> Tensor:
+    """Per image (B): the largest of the four one-pixel edges' (top, bottom, left, right)
+    mean absolute error divided by the interior's. A line along one edge only (the
+    original VQGAN's right/bottom zero pad) shows here even when the whole ring's
+    average (:func:`border_error_ratio`) hides it."""
+    _check_pair(x, y, "worst_edge_error_ratio")
+    err = (to_unit_range(x).float() - to_unit_range(y).float()).abs().mean(dim=1)  # B×H×W
+    mask = _ring_mask(err.shape[-2], err.shape[-1], 1, err.device)
+    interior = err[:, ~mask].mean(dim=1).clamp_min(1e-8)
+    edges = torch.stack([err[:, 0, :].mean(1), err[:, -1, :].mean(1), err[:, :, 0].mean(1),
+                         err[:, :, -1].mean(1)], dim=1)
+    return edges.max(dim=1).values / interior
+
+
+def edge_interior_ratio(images: Tensor, ring: int = 1) -> Tensor:
+    """Per image (B), for samples without a reference: the mean absolute deviation of the
+    outer ``ring`` pixels from the image's per-channel mean, divided by the same for the
+    interior. A lighter or darker frame around a sample gives a ratio well above 1."""
+    check_tensor(images, "edge_interior_ratio(images)", dims=("B", "C", "H", "W"), dtype="float")
+    a = to_unit_range(images).float()
+    dev = (a - a.mean(dim=(-2, -1), keepdim=True)).abs().mean(dim=1)  # B×H×W
+    mask = _ring_mask(dev.shape[-2], dev.shape[-1], ring, dev.device)
+    return dev[:, mask].mean(dim=1) / dev[:, ~mask].mean(dim=1).clamp_min(1e-8)
+
+
+def worst_edge_shift(images: Tensor, ring: int = 1) -> Tensor:
+    """Per image (B), for samples without a reference: the largest shift of an edge
+    band's mean brightness (top, bottom, left, right; ``ring`` pixels wide) from the
+    interior's mean, in units of the interior's standard deviation. A lighter or darker
+    line or frame along the edges gives about 0.5 and more; 0 means the edges look like
+    the interior on average."""
+    check_tensor(images, "worst_edge_shift(images)", dims=("B", "C", "H", "W"), dtype="float")
+    g = to_unit_range(images).float().mean(dim=1)  # B×H×W brightness
+    h, w = g.shape[-2:]
+    _ring_mask(h, w, ring, g.device)  # validates the ring width
+    interior = g[:, ring:h - ring, ring:w - ring].flatten(1)
+    mean, std = interior.mean(dim=1), interior.std(dim=1).clamp_min(1e-4)
+    bands = torch.stack([g[:, :ring, :].flatten(1).mean(1), g[:, h - ring:, :].flatten(1).mean(1),
+                         g[:, :, :ring].flatten(1).mean(1), g[:, :, w - ring:].flatten(1).mean(1)], dim=1)
+    return ((bands - mean[:, None]).abs() / std[:, None]).max(dim=1).values

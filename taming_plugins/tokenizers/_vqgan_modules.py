@@ -101,6 +101,27 @@ class AttnBlock(nn.Module):
         return x + self.proj_out(out)
 
 
+#: Padding modes of :func:`set_padding_mode` ("zeros" is the original).
+PADDING_MODES = ("zeros", "reflect", "replicate")
+
+
+def set_padding_mode(module: nn.Module, mode: str) -> None:
+    """Pad every 3×3 convolution of ``module`` (and the downsampling pad) with ``mode``.
+
+    ``"zeros"`` is the original model. Zero padding makes the outer pixels of an image
+    look different to the network, and the original downsampling pads only the right
+    and bottom edges, so small images come back with a visible line along those edges;
+    ``"replicate"``/``"reflect"`` padding removes that asymmetry (same weights shapes).
+    """
+    if mode not in PADDING_MODES:
+        raise ConfigError(f"vqgan(padding_mode): expected one of {', '.join(PADDING_MODES)}, got {mode!r}")
+    for sub in module.modules():
+        if isinstance(sub, nn.Conv2d) and any(p > 0 for p in sub.padding):  # type: ignore[operator]
+            sub.padding_mode = mode
+        elif isinstance(sub, Downsample):
+            sub.pad_mode = "constant" if mode == "zeros" else mode
+
+
 class Downsample(nn.Module):
     """Halve H and W: asymmetric zero pad + stride-2 3×3 conv, or 2×2 average pooling."""
 
@@ -109,11 +130,14 @@ class Downsample(nn.Module):
         self.conv: nn.Module | None = (
             nn.Conv2d(channels, channels, kernel_size=3, stride=RESAMPLE_FACTOR, padding=0)
             if with_conv else None)
+        self.pad_mode = "constant"  # the original zero pad; see set_padding_mode
 
     def forward(self, x: Tensor) -> Tensor:
         if self.conv is None:
             return F.avg_pool2d(x, kernel_size=RESAMPLE_FACTOR, stride=RESAMPLE_FACTOR)
-        return self.conv(F.pad(x, DOWNSAMPLE_PAD, mode="constant", value=0.0))
+        if self.pad_mode == "constant":
+            return self.conv(F.pad(x, DOWNSAMPLE_PAD, mode="constant", value=0.0))
+        return self.conv(F.pad(x, DOWNSAMPLE_PAD, mode=self.pad_mode))
 
 
 class Upsample(nn.Module):

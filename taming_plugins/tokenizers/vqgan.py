@@ -45,7 +45,7 @@ from taming_core.errors import ConfigError, ValidationError
 from taming_core.validation import (check_divisible, check_int_sequence, check_positive,
                                     check_quantizer_output, check_tensor)
 
-from ._vqgan_modules import RESAMPLE_FACTOR, Decoder, Encoder
+from ._vqgan_modules import RESAMPLE_FACTOR, Decoder, Encoder, set_padding_mode
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,11 @@ class VQGANTokenizer(Tokenizer):
             (saves memory when training at high resolution).
         channels_last: keep weights and activations in channels-last memory format
             (faster convolutions on recent GPUs with AMP).
+        padding_mode: ``"zeros"`` (the original), ``"replicate"`` or ``"reflect"``
+            padding of every 3×3 convolution and of the downsampling pad; the latter two
+            avoid the line the original's right/bottom zero pad leaves along those edges
+            of small images (see ``set_padding_mode``). Only ``"zeros"`` exports to the
+            original format.
     """
 
     def __init__(self, *, ch: int = 128, ch_mult: Sequence[int] = (1, 1, 2, 2, 4),
@@ -103,7 +108,8 @@ class VQGANTokenizer(Tokenizer):
                  resamp_with_conv: bool = True, embed_dim: int = 256,
                  quantizer: Optional[QuantizerSpec] = None,
                  n_embed: Optional[int] = None, quant_conv_channels: Optional[int] = None,
-                 grad_checkpointing: bool = False, channels_last: bool = False) -> None:
+                 grad_checkpointing: bool = False, channels_last: bool = False,
+                 padding_mode: str = "zeros") -> None:
         super().__init__()
         for name, value in (("ch", ch), ("num_res_blocks", num_res_blocks), ("z_channels", z_channels),
                             ("in_channels", in_channels), ("out_ch", out_ch),
@@ -142,6 +148,9 @@ class VQGANTokenizer(Tokenizer):
         self.quant_conv = nn.Conv2d(enc_out, quant_conv_channels, kernel_size=1)
         self.quantize = quantizer
         self.post_quant_conv = nn.Conv2d(embed_dim, z_channels, kernel_size=1)
+        set_padding_mode(self.encoder, padding_mode)
+        set_padding_mode(self.decoder, padding_mode)
+        self.padding_mode = padding_mode
         self._downsample = RESAMPLE_FACTOR ** (len(ch_mult) - 1)
         self.channels_last = bool(channels_last)
         if self.channels_last:
@@ -199,6 +208,8 @@ class VQGANTokenizer(Tokenizer):
         cfg: dict[str, Any] = {"kind": "tokenizer", "name": "vqgan", **self._arch, "quantizer": q_cfg}
         if self._n_embed is not None:
             cfg["n_embed"] = self._n_embed
+        if self.padding_mode != "zeros":
+            cfg["padding_mode"] = self.padding_mode
         return cfg
 
     # ------------------------------------------------------------------ encoding

@@ -75,6 +75,16 @@ class Checkpoint:
     config: dict[str, Any] = field(default_factory=dict)
 
 
+#: Permissions of a checkpoint directory before the umask (what mkdir would use).
+_DIR_MODE = 0o777
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def step_name(step: int) -> str:
     return f"{STEP_PREFIX}{step:0{STEP_DIGITS}d}"
 
@@ -241,6 +251,7 @@ class CheckpointManager:
         name = step_name(step)
         final = self.directory / name
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=self.directory))
+        os.chmod(tmp, _DIR_MODE & ~_umask())  # mkdtemp makes 0700 directories
         try:
             save_tensors(tmp / MODEL_FILE, module_state_tensors(modules), metadata={"format": FORMAT})
             save_tensors(tmp / TRAIN_STATE_FILE, tensors, metadata={"format": FORMAT})

@@ -175,7 +175,8 @@ class TokenizerTrainer(Trainer):
         """The fixed validation batches (loaded once, same for every evaluation)."""
         if self._val_data is None:
             data = self.config.data
-            stream = DataStream(self._dataset("val"), int(data.batch_size), shuffle=False,
+            val = self._dataset("val")  # a small held-out split gives one smaller batch
+            stream = DataStream(val, min(int(data.batch_size), len(val)), shuffle=False,
                                 seed=int(self.config.train.seed) + _VAL_SEED_OFFSET)
             it = iter(stream)
             n = min(int(data.val_batches), stream.batches_per_epoch)

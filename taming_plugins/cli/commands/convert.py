@@ -7,6 +7,11 @@ Usage::
         inferred from the weights without --config) and write OUT_DIR/model.safetensors,
         OUT_DIR/config.json (buildable with taming_core.build) and OUT_DIR/original.json.
 
+    taming convert NET2NET.ckpt OUT_DIR --config project.yaml
+        An original Net2NetTransformer (stage 2): writes a ready pipeline (OUT_DIR/
+        pipeline.json + pipeline.safetensors: first stage, transformer, SOS/class
+        condition layout, grid), for `taming sample --pipeline OUT_DIR`.
+
     taming convert IN_DIR --to-taming OUT.ckpt [--config-out OUT.yaml]
         The way back: a converted directory (or one written by our tools in that layout)
         -> an original Lightning .ckpt (+ the original YAML config).
@@ -18,8 +23,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
+
+import taming_core
 
 from ...compat import load_converted, load_taming_checkpoint, save_converted, save_taming_checkpoint
+from ...compat.net2net import Net2NetCheckpoint, net2net_pipeline
 from ...compat.vqgan import TamingCheckpoint
 
 
@@ -34,6 +43,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config-out", metavar="OUT.yaml",
                    help="with --to-taming: also write the original YAML config here")
     p.set_defaults(func=run, _parser=p)
+
+
+def _describe_tokenizer(tok: Any) -> str:
+    return f"f{tok.downsample_factor}, {tok.vocab_size} codes"
 
 
 def _describe(ckpt: TamingCheckpoint) -> str:
@@ -59,6 +72,15 @@ def run(args: argparse.Namespace) -> int:
     if args.config_out is not None:
         parser.error("--config-out only applies with --to-taming")
     ckpt = load_taming_checkpoint(args.source, args.config)
+    if isinstance(ckpt, Net2NetCheckpoint):
+        pipeline = net2net_pipeline(ckpt)
+        out = pipeline.save(args.out_dir)
+        cond = taming_core.spec_of(pipeline.conditioner)["name"]  # type: ignore[index]
+        print(f"wrote pipeline {out} (Net2NetTransformer: {_describe_tokenizer(ckpt.tokenizer)}; prior "
+              f"{ckpt.prior.vocab_size} ids, block {ckpt.prior.block_size}; condition {cond} at id "
+              f"offset {pipeline.cond_offset}; grid {pipeline.grid[0]}×{pipeline.grid[1]}); next: "
+              f"taming sample --pipeline {out}")
+        return 0
     if not isinstance(ckpt, TamingCheckpoint):
         raise ValueError(f"{args.source}: only VQModel/GumbelVQ checkpoints can be converted, got "
                          f"{type(ckpt).__name__}")

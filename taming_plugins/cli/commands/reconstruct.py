@@ -7,9 +7,12 @@ Usage::
 
 ``--input`` is an image folder (centred crops), ``photos`` (held-out crops of the bundled
 photos) or ``fashion-mnist`` (its test split). Writes OUT/recon_0000.png ... (one per
-image), OUT/comparison.png (the first images above their reconstructions) and, through
+image), OUT/comparison.png (every image above its reconstruction, in rows of 8; up to
+64 images) and, through
 :mod:`taming_plugins.eval`, OUT/eval.json, OUT/eval.md and OUT/codebook_histogram.png
-(PSNR, SSIM, codebook usage and perplexity; LPIPS when its weights are on disk).
+(PSNR, SSIM, codebook usage and perplexity; LPIPS when its weights are on disk). An
+existing ``--out`` must be empty or written by ``taming reconstruct`` (whose old files
+are removed first, so no stale reconstruction survives).
 
 Exit codes: 0 success, 1 runtime failure (one line on stderr), 2 bad arguments.
 """
@@ -32,8 +35,11 @@ DEFAULT_BATCH = 8
 DEFAULT_OUT = "reconstructions"
 DEFAULT_METRICS = ("psnr", "ssim", "lpips", "usage")
 COMPARISON_FILE = "comparison.png"
-#: Columns of comparison.png.
-COMPARISON_IMAGES = 8
+#: Columns of comparison.png (each row of inputs is followed by their reconstructions).
+COMPARISON_COLUMNS = 8
+#: Images shown in comparison.png at most.
+COMPARISON_IMAGES = 64
+OWN_FILES = ("recon_*.png", COMPARISON_FILE, "eval.json", "eval.md", "codebook_histogram.png")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -89,6 +95,21 @@ class SavingReconstructor:
         return xrec, encoded
 
 
+def comparison_rows(shown: Tensor, columns: int) -> Tensor:
+    """2×K×C×H×W (inputs, reconstructions) -> images ordered as rows of ``columns``
+    inputs, each followed by the row of their reconstructions (the last rows padded)."""
+    k = shown.shape[1]
+    cols = min(columns, k)
+    rows = []
+    for start in range(0, k, cols):
+        for which in (0, 1):
+            row = shown[which, start:start + cols]
+            if row.shape[0] < cols:  # pad the last rows with white
+                row = torch.cat([row, torch.ones(cols - row.shape[0], *row.shape[1:])])
+            rows.append(row)
+    return torch.cat(rows)
+
+
 def _load_model(args: argparse.Namespace, device: torch.device) -> tuple[Any, Any]:
     """(model with reconstruct(), its tokenizer)."""
     if args.pipeline:
@@ -126,13 +147,15 @@ def run(args: argparse.Namespace) -> int:
         parser.error(str(exc))
     if "fid" in metrics:
         parser.error("--metrics: fid rates samples, not reconstructions; use `taming eval --pipeline`")
+    from ._outdir import prepare_out
+
+    out = prepare_out(args.out, "reconstruct", OWN_FILES)
     device = resolve_device(args.device)
     seed_everything(args.seed)
     model, tokenizer = _load_model(args, device)
     size = args.size or _default_size(tokenizer)
     kwargs = {"length": args.num_images} if args.input == "photos" else {}
-    dataset = get_dataset(args.input, size, split="val", **kwargs)
-    out = Path(args.out)
+    dataset = get_dataset(args.input, size, split="all", **kwargs)  # a folder: every image
     saver = SavingReconstructor(model, out, COMPARISON_IMAGES)
     if isinstance(model, torch.nn.Module):
         model.to(device).eval()
@@ -140,7 +163,8 @@ def run(args: argparse.Namespace) -> int:
                       batch_size=args.batch_size, device=device, dataset_spec=str(args.input),
                       seed=args.seed, progress=False)
     shown = torch.cat(saver.shown, dim=1)  # 2×K×C×H×W: inputs, reconstructions
-    save_image_grid(shown.flatten(0, 1), out / COMPARISON_FILE, nrow=shown.shape[1])
+    save_image_grid(comparison_rows(shown, COMPARISON_COLUMNS), out / COMPARISON_FILE,
+                    nrow=min(COMPARISON_COLUMNS, shown.shape[1]))
     source = {"pipeline" if args.pipeline else "tokenizer": args.pipeline or args.tokenizer,
               "input": str(args.input), "size": size, "device": str(device)}
     command = " ".join(["taming", "reconstruct", f"--{'pipeline' if args.pipeline else 'tokenizer'}",
@@ -152,6 +176,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name}: {value:.4f}")
     for name, reason in report.unavailable.items():
         print(f"{name}: unavailable ({reason})")
-    print(f"wrote {saver.count} reconstructions, {out / COMPARISON_FILE}, "
+    print(f"wrote {saver.count} reconstructions, {out / COMPARISON_FILE} ({shown.shape[1]} of them), "
           f"{', '.join(str(p) for p in paths.values())}")
     return 0

@@ -4,9 +4,15 @@ Usage::
 
     taming sample --pipeline runs/demo/pipeline --n 16 --out samples
     taming sample --pipeline DIR --grid 16 16 --sampler sliding_window --window 8 --top-k 64
+    taming sample --prior runs/prior [--tokenizer runs/tok] --n 8 --out samples
+    taming sample --pipeline runs/cls/pipeline --label cat --n 8 --out cats
     taming sample --pipeline DIR --sampler maskgit --steps 12 --schedule cosine
 
-Writes OUT/sample_0000.png ... and OUT/grid.png. Batch ``i`` is drawn with seed
+Writes OUT/sample_0000.png ... and OUT/grid.png. ``--prior`` composes the pipeline from a
+train-prior run (its latest checkpoint, its stored conditioner, layout and grid) and
+the tokenizer it was trained with, or the one given. ``--label`` takes a class name
+stored in the pipeline (class folders) or a class id. An existing ``--out`` must be
+empty or written by ``taming sample`` (whose old files are removed first). Batch ``i`` is drawn with seed
 ``--seed + i``, so a run is reproducible. The pipeline's own sampler is used unless
 ``--sampler`` (or a sampling option) is given; a grid larger than the prior's context
 switches to ``sliding_window`` automatically (window: the pipeline's grid).
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -39,8 +46,13 @@ SAMPLER_OPTIONS = ("temperature", "top_k", "top_p", "window", "policy", "steps",
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="sample images from a saved pipeline (PNG files + a grid)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--pipeline", required=True, metavar="DIR", help="directory written by Pipeline.save "
-                   "(e.g. runs/demo/pipeline)")
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--pipeline", metavar="DIR", help="directory written by Pipeline.save "
+                       "(e.g. runs/demo/pipeline, or OUT/pipeline of train-prior)")
+    model.add_argument("--prior", metavar="RUN", help="a train-prior run directory (or one of its "
+                       "step_* checkpoints)")
+    p.add_argument("--tokenizer", metavar="RUN_OR_CKPT", help="with --prior: the tokenizer (default: "
+                   "the one the run was trained with)")
     p.add_argument("--n", type=int, default=DEFAULT_N, help=f"number of samples (default {DEFAULT_N})")
     p.add_argument("--grid", type=int, nargs=2, metavar=("H", "W"),
                    help="token grid (default: the pipeline's grid)")
@@ -52,11 +64,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--policy", choices=("taming", "cached"), help="sliding_window: window placement")
     p.add_argument("--steps", type=int, help="maskgit: parallel decoding steps (default 12)")
     p.add_argument("--schedule", choices=("cosine", "linear", "square"), help="maskgit: masking schedule")
-    p.add_argument("--label", type=int, help="class id for a class-conditional pipeline")
+    p.add_argument("--label", metavar="NAME|ID", help="class name or id for a class-conditional pipeline")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH,
                    help=f"samples per sampler call (default {DEFAULT_BATCH})")
     p.add_argument("--nrow", type=int, help="images per row of grid.png (default: about square)")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (it shows only on a terminal)")
     add_device_flag(p)
     add_seed_flag(p)
     p.set_defaults(func=run, _parser=p)
@@ -74,6 +87,8 @@ def _check_args(args: argparse.Namespace) -> None:
         parser.error(f"--temperature must be > 0, got {args.temperature}")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         parser.error(f"--top-p must lie in (0, 1], got {args.top_p}")
+    if args.tokenizer is not None and args.prior is None:
+        parser.error("--tokenizer goes with --prior (a pipeline has its own tokenizer)")
 
 
 def build_sampler(pipeline: Any, args: argparse.Namespace, grid: tuple[int, int]) -> Any:
@@ -120,14 +135,56 @@ def _takes(sampler: str, option: str) -> bool:
     return accepted is None or option in accepted
 
 
-def _condition(pipeline: Any, label: Optional[int], n: int) -> Any:
+def resolve_label(pipeline: Any, label: Optional[str]) -> Optional[int]:
+    """The class id of ``--label`` (a stored class name or an id); None without one."""
+    from taming_plugins.conditioning.class_label import ClassLabelConditioner
+
+    if label is None:
+        if isinstance(pipeline.conditioner, ClassLabelConditioner):
+            names = pipeline.conditioner.class_names
+            known = ", ".join(names) if names else f"ids 0..{pipeline.conditioner.num_classes - 1}"
+            raise ValueError(f"--label is required: the pipeline is class-conditional ({known})")
+        return None
+    if not isinstance(pipeline.conditioner, ClassLabelConditioner):
+        kind = type(pipeline.conditioner).__name__ if pipeline.conditioner is not None else "no conditioner"
+        raise ValueError(f"--label: this pipeline takes no condition ({kind}; not class-conditional)")
+    try:
+        return pipeline.conditioner.label_of(label)
+    except ValueError as exc:
+        raise ValueError(f"--label: {exc}") from None
+
+
+def _condition(label: Optional[int], n: int) -> Any:
     if label is None:
         return None
     import torch
 
-    if pipeline.conditioner is None:
-        raise ValueError("--label: this pipeline has no conditioner")
     return torch.full((n,), int(label), dtype=torch.long)
+
+
+def _with_progress(pipeline: Any, sampler: Any, callback: Any) -> Any:
+    """``sampler`` (or the pipeline's own) rebuilt with a progress callback, when its
+    class takes one; else unchanged."""
+    import inspect
+
+    import taming_core
+
+    base = sampler if sampler is not None else pipeline.sampler
+    spec = taming_core.spec_of(base) if base is not None else None
+    if spec is None or "progress" not in inspect.signature(taming_core.get("sampler", spec["name"])).parameters:
+        return sampler
+    kwargs = {k: v for k, v in spec.items() if k not in ("name", "kind", "progress")}
+    return taming_core.create("sampler", spec["name"], **kwargs, progress=callback)
+
+
+def load_model(args: argparse.Namespace, device: Any) -> Any:
+    """The pipeline of ``--pipeline``, or composed from ``--prior`` (+ ``--tokenizer``)."""
+    import taming_core
+    from taming_plugins.training.artifacts import pipeline_from_runs
+
+    if args.pipeline is not None:
+        return taming_core.Pipeline.load(args.pipeline, map_location=device)
+    return pipeline_from_runs(args.prior, args.tokenizer, device=device)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -137,29 +194,48 @@ def run(args: argparse.Namespace) -> int:
     import taming_core
     from taming_plugins.training.artifacts import save_image_grid
 
+    from tqdm.auto import tqdm
+
+    from ._outdir import prepare_out
+
+    out = prepare_out(args.out, "sample", ("sample_*.png", GRID_FILE))
     device = resolve_device(args.device)
     seed_everything(args.seed)
-    pipeline = taming_core.Pipeline.load(args.pipeline, map_location=device)
+    pipeline = load_model(args, device)
+    source = args.pipeline or args.prior
     if pipeline.prior is None:
-        raise ValueError(f"{args.pipeline}: this pipeline has no prior; nothing to sample")
+        raise ValueError(f"{source}: this pipeline has no prior; nothing to sample")
     grid = tuple(args.grid) if args.grid is not None else pipeline.grid
     if grid is None:
-        raise ValueError(f"{args.pipeline}: the pipeline has no default grid; give --grid H W")
-    sampler = build_sampler(pipeline, args, grid)
-    out = Path(args.out)
+        raise ValueError(f"{source}: the pipeline has no default grid; give --grid H W")
+    label = resolve_label(pipeline, args.label)
+    per_image = grid[0] * grid[1]
+    bar = tqdm(total=args.n * per_image, desc="sampling", unit="tok", disable=args.no_progress or not sys.stderr.isatty(),
+               mininterval=1.0, leave=False)
+    done, current = [0], [0]  # tokens of finished batches, images in the current batch
+
+    def progress(step: int, total: int) -> None:  # called by the sampler after every token
+        bar.update(done[0] + step * current[0] - bar.n)
+
+    sampler = _with_progress(pipeline, build_sampler(pipeline, args, grid), progress)
     images, start = [], time.perf_counter()
-    for i, first in enumerate(range(0, args.n, args.batch_size)):
-        count = min(args.batch_size, args.n - first)
-        batch = pipeline.generate(count, grid=grid, condition=_condition(pipeline, args.label, count),
-                                  seed=args.seed + i, sampler=sampler)
-        for j, image in enumerate(batch):
-            save_image_grid(image[None], out / f"sample_{first + j:04d}.png", nrow=1)
-        images.append(batch.cpu())
+    try:
+        for i, first in enumerate(range(0, args.n, args.batch_size)):
+            count = current[0] = min(args.batch_size, args.n - first)
+            batch = pipeline.generate(count, grid=grid, condition=_condition(label, count),
+                                      seed=args.seed + i, sampler=sampler)
+            done[0] += count * per_image
+            for j, image in enumerate(batch):
+                save_image_grid(image[None], out / f"sample_{first + j:04d}.png", nrow=1)
+            images.append(batch.cpu())
+    finally:
+        bar.close()
     elapsed = time.perf_counter() - start
     everything = torch.cat(images)
     nrow = args.nrow or max(1, round(args.n ** 0.5))
     save_image_grid(everything, out / GRID_FILE, nrow=nrow)
     tokens = args.n * grid[0] * grid[1]
-    print(f"wrote {args.n} samples ({grid[0]}×{grid[1]} tokens, {tuple(everything.shape[-2:])} pixels) "
-          f"and {out / GRID_FILE}; {tokens / elapsed:.0f} tokens/s including decoding")
+    what = "" if label is None else f" of class {args.label!r} (id {label})"
+    print(f"wrote {args.n} samples{what} ({grid[0]}×{grid[1]} tokens, {tuple(everything.shape[-2:])} "
+          f"pixels) and {out / GRID_FILE}; {tokens / elapsed:.0f} tokens/s including decoding")
     return 0

@@ -1,9 +1,21 @@
-"""``taming train-tokenizer``: train a VQGAN-style tokenizer (stage 1)."""
+"""``taming train-tokenizer``: train a VQGAN-style tokenizer (stage 1).
+
+Usage::
+
+    taming train-tokenizer --config tok.yaml --data my_photos/ --image-size 32 --out runs/tok
+    taming train-tokenizer --out runs/tok --resume --steps 4000     # the stored run config
+
+``--resume`` continues the run in ``--out`` with the configuration stored in its
+checkpoint (data, batch, architecture): ``--config`` is then optional, and flags that
+contradict the stored run are refused by name (``--steps`` may extend it). An image
+folder's held-out images (``split val``) are never trained on.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 from taming_plugins.cli.common import (add_device_flag, add_run_flags, add_seed_flag, apply_run_overrides,
                                       resume_option)
@@ -19,11 +31,11 @@ OVERRIDES = {
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train-tokenizer", help="train a tokenizer (VQGAN stage 1)",
-        description="Train a tokenizer against the VQGAN loss (L1 + LPIPS + adaptive GAN term). "
-        "The config (YAML/JSON) has sections tokenizer, loss, data, optim, train "
-        "(see taming_plugins.training.config, docs/training.md); flags override it. Writes "
-        "checkpoints/, metrics.jsonl and images/ to train.out.")
-    p.add_argument("--config", required=True, help="run config file (YAML or JSON)")
+        description=__doc__ + "\nThe config (YAML/JSON) has sections tokenizer, loss, data, optim, "
+        "train (see taming_plugins.training.config, docs/training.md); flags override it. Writes "
+        "checkpoints/, metrics.jsonl and images/ to train.out.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="run config file (YAML or JSON); optional with --resume")
     p.add_argument("--data", help="'photos', 'fashion-mnist' or an image folder (data.train)")
     p.add_argument("--steps", type=int, help="optimizer steps (train.steps)")
     p.add_argument("--batch-size", type=int, help="images per micro-batch (data.batch_size)")
@@ -34,17 +46,43 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_run_flags(p)
     add_device_flag(p)
     add_seed_flag(p)
-    p.set_defaults(func=run, device=None, seed=None)  # not given: the config's (or default) value
+    p.set_defaults(func=run, device=None, seed=None, _parser=p)  # not given: the config's value
+
+
+def _resumed(args: argparse.Namespace, given: dict[str, Any]) -> dict[str, Any]:
+    from ._runs import flag_namer, resumed_config, stored_config
+
+    out = args.out or (given.get("train") or {}).get("out")
+    stored, ckpt = stored_config(out, args.resume, lambda c: c if isinstance(c.get("tokenizer"), dict)
+                                 and "train" in c else None)
+    return resumed_config(stored, given, ckpt, flag_namer(OVERRIDES))
+
+
+def _describe_data(trainer: Any) -> str:
+    from taming_plugins.data import ImageFolder
+
+    dataset = trainer.stream.dataset
+    data = trainer.config.data
+    what = dataset.describe() if isinstance(dataset, ImageFolder) else f"{len(dataset)} items of {data.train}"
+    return (f"train-tokenizer: {what}; {data.image_size}×{data.image_size} px; "
+            f"{trainer.config.train.steps} steps of batch {data.batch_size}")
 
 
 def run(args: argparse.Namespace) -> int:
     from taming_core.config import load_config
     from taming_plugins.training.stage1 import TokenizerTrainer
 
-    trainer = TokenizerTrainer(apply_run_overrides(load_config(args.config), args, OVERRIDES))
+    if args.config is None and args.resume is None:
+        args._parser.error("--config is required (it is optional only with --resume)")
+    given = apply_run_overrides(load_config(args.config) if args.config else {}, args, OVERRIDES)
+    config = _resumed(args, given) if args.resume is not None else given
+    trainer = TokenizerTrainer(config)
+    if trainer.is_main_process:
+        print(_describe_data(trainer))
     result = trainer.fit(resume=resume_option(args), overwrite=args.overwrite)
     summary = {"step": result.step, "out": str(result.out),
                "checkpoint": str(result.last_checkpoint) if result.last_checkpoint else None,
                **{k: round(v, 5) for k, v in result.val_metrics.items()}}
-    print(json.dumps(summary))
+    if trainer.is_main_process:
+        print(json.dumps(summary))
     return 0
