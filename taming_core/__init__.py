@@ -7,7 +7,7 @@ The core never imports an implementation; components live in plugins
 from .config import build, load_config
 from .errors import (CheckpointError, ConfigError, PluginError, RegistryError, TamingError,
                      TrainingError, ValidationError)
-from .interfaces import (FAMILIES, AutoencoderLoss, AutoregressivePrior, Conditioner, Discriminator,
+from .interfaces import (FAMILIES, AutoencoderLoss, AutoregressivePrior, CheckpointFormat, Conditioner, Discriminator,
                          Encoded, GANObjective, InpaintingSampler, MaskedPrior, PerceptualLoss, Prior, PriorCache,
                          Quantizer, QuantizerOutput, Sampler, StepAware, Tokenizer)
 from .pipeline import Pipeline
@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 __all__ = [
     "KINDS", "Entry", "available", "build", "create", "create_from_spec", "entries", "get", "get_entry",
     "load_config", "load_plugins", "plugin_status", "register", "spec_of", "unregister",
-    "FAMILIES", "AutoencoderLoss", "AutoregressivePrior", "InpaintingSampler", "MaskedPrior", "StepAware",
+    "FAMILIES", "AutoencoderLoss", "AutoregressivePrior", "CheckpointFormat", "InpaintingSampler", "MaskedPrior", "StepAware",
     "Conditioner", "Discriminator", "Encoded", "GANObjective", "PerceptualLoss", "Prior",
     "Pipeline", "PriorCache", "Quantizer", "QuantizerOutput", "Sampler", "Tokenizer",
     "CheckpointError", "ConfigError", "PluginError", "RegistryError", "TamingError",

@@ -104,6 +104,15 @@ class Encoded:
 class Tokenizer(nn.Module, StepAware, ABC):
     """Stage 1: images <-> grids of discrete tokens."""
 
+    @classmethod
+    def from_pretrained(cls, ref: Any, **kwargs: Any) -> "Tokenizer":
+        """The tokenizer of a saved pipeline or an original checkpoint file: a local path,
+        a Hub repo id (``owner/name[@revision]``) or file (``hf://owner/name[@rev]/file``);
+        see :func:`taming_core.hub.load_component`."""
+        from .hub import load_component
+
+        return load_component(ref, "tokenizer", cls, **kwargs)
+
     @abstractmethod
     def encode(self, images: Tensor) -> Encoded:
         """Float B×C×H×W images in [-1, 1] -> :class:`Encoded`."""
@@ -184,6 +193,14 @@ class Prior(nn.Module, StepAware, ABC):
     #: Registered name of the sampler used when a config names none (trainer grids,
     #: ``Pipeline`` without a sampler).
     default_sampler: ClassVar[str] = ""
+
+    @classmethod
+    def from_pretrained(cls, ref: Any, **kwargs: Any) -> "Prior":
+        """The prior of a saved pipeline or an original checkpoint file (see
+        :meth:`Tokenizer.from_pretrained` and :func:`taming_core.hub.load_component`)."""
+        from .hub import load_component
+
+        return load_component(ref, "prior", cls, **kwargs)
 
     @abstractmethod
     def loss(self, tokens: Tensor, condition: Optional[Tensor] = None, *,
@@ -386,6 +403,29 @@ class Conditioner(nn.Module, StepAware, ABC):
     @abstractmethod
     def vocab_size(self) -> int:
         """Number of distinct condition token ids."""
+
+
+# --------------------------------------------------------------------------- checkpoint formats
+class CheckpointFormat(ABC):
+    """Reads checkpoint files of other projects (registered as kind ``checkpoint_format``).
+
+    The core never imports a reader: ``Pipeline.from_pretrained`` / ``*.from_pretrained``
+    (:mod:`taming_core.hub`) ask every registered format whether it :meth:`accepts` a file
+    and let the first that does turn it into pipeline parts. The built-in ``original``
+    format (``taming_plugins.compat``) reads taming ``.ckpt`` and LlamaGen ``.pt`` files.
+    """
+
+    @abstractmethod
+    def accepts(self, path: Any) -> bool:
+        """Cheap check (file name, suffix, a few bytes) that ``path`` (a local file) is one
+        of this format's files."""
+
+    @abstractmethod
+    def load_parts(self, path: Any, *, config: Any = None) -> dict[str, Any]:
+        """``Pipeline`` keyword arguments read from ``path``: any of ``tokenizer``,
+        ``prior``, ``sampler``, ``conditioner``, ``cond_offset``, ``grid``, plus ``card``
+        (a dict for the model card: ``license``, ``source``, ``datasets``, ``metrics``...).
+        ``config`` is the format's own config (path, mapping or name) or None."""
 
 
 # --------------------------------------------------------------------------- samplers

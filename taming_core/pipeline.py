@@ -178,6 +178,8 @@ class Pipeline(nn.Module):
             check_positive(self.cond_offset, "Pipeline(cond_offset)", allow_zero=True)
         self.cond_offset = int(self.cond_offset)
         self.grid = tuple(grid) if grid is not None else None
+        #: Model-card fields (license, source, datasets, metrics...) for save_pretrained.
+        self.card_info: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -283,6 +285,26 @@ class Pipeline(nn.Module):
             raise CheckpointError(f"{d / WEIGHTS_FILE}: weights do not match {CONFIG_FILE}: "
                                   f"{detail}") from None
         return pipe.to(map_location).eval()
+
+    @classmethod
+    def from_pretrained(cls, ref: Any, **kwargs: Any) -> "Pipeline":
+        """A local directory, a Hub repo (``owner/name[@revision]``) or an original file
+        (``hf://owner/name/c2i_B_256.pt``, local ``.pt``/``.ckpt``); see :mod:`taming_core.hub`."""
+        from .hub import load_pipeline
+
+        return load_pipeline(cls, ref, **kwargs)
+
+    def save_pretrained(self, directory: Union[str, os.PathLike], **card: Any) -> Path:
+        """:meth:`save` plus a model card ``README.md`` (see :func:`taming_core.hub.save_pretrained`)."""
+        from .hub import save_pretrained
+
+        return save_pretrained(self, directory, **card)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
+        """Upload :meth:`save_pretrained` output to a Hub repo (see :func:`taming_core.hub.push_to_hub`)."""
+        from .hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
 
     # ------------------------------------------------------------------ tokens and images
     def _images(self, images: Tensor, name: str) -> Tensor:

@@ -24,6 +24,7 @@ from .errors import ConfigError, RegistryError
 #: Component kinds known to the registry.
 KINDS: tuple[str, ...] = (
     "quantizer", "tokenizer", "prior", "discriminator", "sampler", "loss", "conditioner",
+    "checkpoint_format",
 )
 
 BUILTIN_DISTRIBUTION = "taming"
