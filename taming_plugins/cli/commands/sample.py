@@ -28,7 +28,6 @@ import argparse
 import logging
 import sys
 import time
-from pathlib import Path
 from typing import Any, Optional
 
 from ..common import (add_device_flag, add_seed_flag, check_plugin_options, resolve_device,
@@ -215,7 +214,6 @@ def run(args: argparse.Namespace) -> int:
     _check_args(args)
     import torch
 
-    import taming_core
     from taming_plugins.training.artifacts import save_image_grid
 
     from tqdm.auto import tqdm
