@@ -57,7 +57,9 @@ class QuantizerOutput:
         loss: scalar tensor added to the training loss (codebook/commitment/entropy);
             zero for quantizers without an auxiliary loss.
         metrics: floats for logging; at least ``usage`` (fraction of codes used in this
-            batch) and ``perplexity`` (exp of the entropy of code frequencies).
+            batch) and ``perplexity`` (exp of the entropy of code frequencies). Inside
+            :func:`taming_core.validation.deferred_value_checks` (a trainer's steps) values
+            may be detached 0-d tensors, so a step needs no device sync.
     """
 
     z_q: Tensor

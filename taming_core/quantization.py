@@ -30,7 +30,7 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
-from .validation import check_positive, check_tensor
+from .validation import check_positive, check_tensor, value_checks_enabled
 
 __all__ = ["DEFAULT_USAGE_WINDOW", "UsageTracker", "check_latent", "code_counts", "finalize_metrics",
            "from_rows", "straight_through", "to_rows", "usage_metrics"]
@@ -114,8 +114,11 @@ class UsageTracker(nn.Module):
 
 
 def finalize_metrics(counts: Tensor, tracker: UsageTracker, training: bool,
-                     extra: Optional[Mapping[str, Union[Tensor, float]]] = None) -> dict[str, float]:
-    """Usage/perplexity (+ ``extra`` scalars) as floats with one device sync.
+                     extra: Optional[Mapping[str, Union[Tensor, float]]] = None
+                     ) -> dict[str, Union[float, Tensor]]:
+    """Usage/perplexity (+ ``extra`` scalars) as floats with one device sync; inside
+    :func:`taming_core.validation.deferred_value_checks` (a trainer's steps) as detached
+    0-d tensors instead, with no sync: the trainer converts them on logging steps.
 
     The running window is advanced only in training mode, so evaluation passes do
     not distort the training statistics.
@@ -130,6 +133,8 @@ def finalize_metrics(counts: Tensor, tracker: UsageTracker, training: bool,
             values[key] = value
         else:
             plain[key] = float(value)
+    if not value_checks_enabled():
+        return {**{k: v.detach().float().reshape(()) for k, v in values.items()}, **plain}
     names = list(values)
     floats = torch.stack([v.detach().float().reshape(()).to(counts.device)
                           for v in values.values()]).tolist()
