@@ -16,8 +16,8 @@ training):
 
 Usage::
 
-    python -m benchmarks.demo_quality --steps 600 --variants base,no_gan,lr2e-3
-    python -m benchmarks.demo_quality --quick          # 60 steps, 2 variants
+    python -m benchmarks.demo_quality --steps 600 --variants base,sympad,centered+cosine
+    python -m benchmarks.demo_quality --quick          # 60 steps, base and sympad
 
 Writes ``benchmarks/results/demo_quality[_quick].json`` and ``.md``.
 """
