@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,eval]'
+	$(PY) -m pip install --quiet -e '.[test,eval,hub]'
 	touch $(STAMP)
 
 install: $(STAMP)

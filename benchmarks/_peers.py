@@ -16,9 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from taming_core import Quantizer, QuantizerOutput
-
-from taming_plugins.quantizers import (UsageTracker, check_latent, code_counts,
-                                       finalize_metrics)
+from taming_core.quantization import UsageTracker, check_latent, code_counts, finalize_metrics
 
 PEER_PACKAGE = "vector_quantize_pytorch"
 

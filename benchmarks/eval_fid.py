@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from taming_plugins.data import get_dataset
 from taming_plugins.eval import (FidFeatureExtractor, ReferenceStatsCache, TensorImages, evaluate, psnr,
-                                 ssim, stats_of)
+                                 SampleModel, ssim, stats_of)
 
 from ._common import write_results
 
@@ -118,7 +118,7 @@ def main() -> None:
                         "feature_net": extractor.identity, "seconds": timings})
 
 
-class _Replay:
+class _Replay(SampleModel):
     """A stand-in pipeline whose 'samples' are the reference images in order (FID ~ 0)."""
 
     def __init__(self, images: torch.Tensor) -> None:

@@ -1,4 +1,4 @@
-"""Sampling speed of the ``gpt`` prior: original loops versus our samplers.
+"""Sampling speed of the ``gpt`` and ``llamagen`` priors: original loops versus our samplers.
 
 Run ``python -m benchmarks.sampling [--quick] [--threads 2]``. Writes
 ``benchmarks/results/sampling.json`` and ``sampling.md``.
@@ -14,6 +14,14 @@ Cases (one mid-size random model: 8 layers, 8 heads, n_embd 512, vocab 1025, blo
   the original sliding-window loop (one 511-token forward per token), the same loop on
   our forward (SDPA attention; a stronger baseline, for reference), our
   ``sliding_window`` sampler with ``policy="taming"`` and with ``policy="cached"``.
+
+``--llamagen`` adds (``--llamagen-only``: only) the ``llamagen`` prior in the GPT-B shape
+(12 layers, 12 heads, width 768, 16384 image codes, 1000 classes, random weights with an
+N(0, 1) output head) on a 16×16 grid (``--llamagen-grid``), batch 1 and 16, without and
+with classifier-free guidance (scale 4): a re-implementation of LlamaGen's ``generate``
+loop (``benchmarks/_llamagen_ref.py``) against our ``autoregressive`` sampler on the
+same weights, greedy, outputs compared token for token. Results go to
+``sampling_llamagen.{json,md}`` with ``--llamagen-only``.
 
 The baselines (a), (b) and the original window loop are re-implemented here from the
 original code (minGPT's explicit masked-softmax attention, the full forward also
@@ -262,6 +270,61 @@ def window_rows(prior: GPT, grid: tuple[int, int], original_rows: Optional[int])
     return rows
 
 
+LLAMAGEN_B = dict(image_vocab_size=16384, num_classes=1000, preset="GPT-B")
+LLAMAGEN_CFG = 4.0
+
+
+def make_llamagen(grid: int, seed: int = 0) -> "LlamaGenPrior":
+    """GPT-B-shaped ``llamagen`` prior, random weights, N(0, 1) output head (sharp argmax)."""
+    from taming_plugins.priors.llamagen import LlamaGenPrior
+
+    torch.manual_seed(seed)
+    prior = LlamaGenPrior(grid_size=grid, **LLAMAGEN_B).eval()
+    with torch.no_grad():
+        prior.output.weight.normal_(0, SHARP_STD)
+    return prior
+
+
+def llamagen_rows(grid: int, repeats: int, batches: tuple[int, ...] = BATCHES) -> list[dict]:
+    """LlamaGen's generate loop vs our sampler, with and without guidance, per batch."""
+    from benchmarks._llamagen_ref import LlamaGenLoop
+
+    prior = make_llamagen(grid)
+    loop = LlamaGenLoop(prior)
+    n = grid * grid
+    rows = []
+    for scale in (1.0, LLAMAGEN_CFG):
+        extra = {} if scale == 1.0 else {"guidance_scale": scale,
+                                         "null_condition": torch.tensor([[prior.null_token]])}
+        ours = taming_core.create("sampler", "autoregressive", greedy=True,
+                                  vocab_limit=prior.image_vocab_size, **extra)
+        for b in batches:
+            labels = torch.arange(b) * 37 % 1000
+            methods = {
+                "LlamaGen generate loop (re-implemented)": lambda: loop.generate(labels, n, scale),
+                "ours (autoregressive)": lambda: ours.sample(
+                    prior, (grid, grid), batch_size=b, condition=prior.class_tokens(labels)).view(b, -1),
+            }
+            secs, cpus, outs = {}, {}, {}
+            for name, fn in methods.items():
+                best, best_cpu = math.inf, math.inf
+                for _ in range(repeats):
+                    t, c, out = timed(fn)
+                    best, best_cpu = min(best, t), min(best_cpu, c)
+                secs[name], cpus[name], outs[name] = best, best_cpu, out
+                log.info("llamagen %s cfg %.1f batch %d: %.2fs (cpu %.2fs)", name, scale, b, best, best_cpu)
+            base = next(iter(methods))
+            for name in methods:
+                rows.append({"case": f"llamagen GPT-B {grid}x{grid}" + (f" cfg {scale:g}" if scale != 1 else ""),
+                             "batch": b, "method": name, "seconds": round(secs[name], 3),
+                             "tokens_per_s": round(b * n / secs[name], 1),
+                             "speedup_vs_llamagen": round(secs[base] / secs[name], 2),
+                             "cpu_seconds": round(cpus[name], 3),
+                             "cpu_speedup": round(cpus[base] / cpus[name], 2),
+                             "same_as_llamagen": bool(torch.equal(outs[name], outs[base]))})
+    return rows
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
@@ -273,18 +336,36 @@ def main(argv: Optional[list[str]] = None) -> None:
                         help="run (a) at batch 16 for only this many steps (it is very slow)")
     parser.add_argument("--original-rows", type=int, default=None,
                         help="run the original window loop for only this many rows")
+    parser.add_argument("--llamagen", action="store_true", help="add the llamagen GPT-B cases")
+    parser.add_argument("--llamagen-only", action="store_true", help="only the llamagen GPT-B cases")
+    parser.add_argument("--llamagen-grid", type=int, default=GRID[0], help="llamagen grid side (default 16)")
+    parser.add_argument("--llamagen-batches", type=int, nargs="+", default=list(BATCHES),
+                        help="llamagen batch sizes (default 1 16)")
+    parser.add_argument("--llamagen-name", default="sampling_llamagen",
+                        help="results name with --llamagen-only (default sampling_llamagen)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
+    if args.llamagen_only:
+        rows = llamagen_rows(args.llamagen_grid, args.repeats, tuple(args.llamagen_batches))
+        write_results(args.llamagen_name, rows, columns=LLAMAGEN_COLUMNS,
+                      title="Sampling speed: LlamaGen's generate loop vs ours (llamagen prior, GPT-B shape)",
+                      notes=llamagen_notes(args), meta={"model": LLAMAGEN_B, "threads": args.threads,
+                                                        "grid": args.llamagen_grid, "cfg": LLAMAGEN_CFG})
+        return
     prior = make_model()
     grid = QUICK_GRID if args.quick else GRID
     rows = grid_rows(prior, grid, args.repeats, args.a_steps_batch16)
+    if args.llamagen:
+        rows += llamagen_rows(args.llamagen_grid, args.repeats, tuple(args.llamagen_batches))
     if not args.skip_window:
         rows += window_rows(prior, QUICK_WINDOW_GRID if args.quick else WINDOW_GRID,
                             args.original_rows)
     columns = ["case", "batch", "method", "seconds", "tokens_per_s", "speedup_vs_b",
                "speedup_vs_original_loop", "cpu_seconds", "cpu_speedup", "same_as_a",
                "same_as_original_loop"]
+    if args.llamagen:
+        columns += ["speedup_vs_llamagen", "same_as_llamagen"]
     notes = [
         f"model: {MODEL}, random init with N(0, {SHARP_STD}) position embedding and head "
         "(clear argmax margins); greedy decoding; CPU threads: " + str(args.threads),
@@ -302,6 +383,36 @@ def main(argv: Optional[list[str]] = None) -> None:
     write_results("sampling" + ("_quick" if args.quick else ""), rows, columns=columns,
                   title="Sampling speed: original loops vs ours", notes=notes,
                   meta={"model": MODEL, "threads": args.threads, "quick": args.quick})
+
+
+LLAMAGEN_COLUMNS = ["case", "batch", "method", "seconds", "tokens_per_s", "speedup_vs_llamagen",
+                    "cpu_seconds", "cpu_speedup", "same_as_llamagen"]
+
+
+def llamagen_notes(args: argparse.Namespace) -> list[str]:
+    return [
+        f"model: llamagen prior, GPT-B shape ({LLAMAGEN_B}), grid {args.llamagen_grid}x"
+        f"{args.llamagen_grid}, random weights with an N(0, {SHARP_STD}) output head; greedy; "
+        f"guidance scale {LLAMAGEN_CFG:g} in the 'cfg' cases (the batch then runs 2x rows); "
+        f"CPU threads: {args.threads}",
+        "baseline: LlamaGen's generate loop re-implemented on the same modules "
+        "(benchmarks/_llamagen_ref.py: cache of find_multiple(T, 8) positions written by index, "
+        "mask row per step, attention over the whole cache, F.linear); ours: the autoregressive "
+        "sampler (cache of written positions only, decode_linear for the few-row matmuls); "
+        "methods ran one after another in one process, best of --repeats",
+        "the machine is shared with other jobs (2 cores, several engineers): wall-clock figures "
+        "are noisy; cpu_seconds is the process CPU time, cpu_speedup the ratio of CPU seconds",
+        "what bounds it: at batch 1 a step streams every weight once (GPT-B: 111M fp32 "
+        "parameters = 444 MB per token), so both loops are memory-bandwidth bound; the gain is "
+        "decode_linear reaching the bandwidth where F.linear does not (GPT-B's Linears alone at "
+        "one row, in isolation: 31 ms vs 42 ms, 1.34x) plus the baseline's per-step overheads "
+        "(attention over the whole padded cache, a copy of every layer's cache by "
+        "repeat_interleave, a mask row), so about 1.4-1.5x is the ceiling at batch 1 on this "
+        "machine; with more rows (guidance, batch 16) the baseline's cache copies grow with the "
+        "batch (32 rows: 12 layers x 2 x 32 x 264 x 768 floats = 0.6 GB copied per step) and "
+        "F.linear at 2 rows takes a slow BLAS path (80 ms vs 42 ms at 1 row), which is where the "
+        "larger ratios come from",
+    ]
 
 
 if __name__ == "__main__":

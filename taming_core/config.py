@@ -5,14 +5,15 @@ Config form
 A *component spec* is a mapping with a ``name`` key (a registered name) and the
 keyword arguments of that component. Its kind is the key it sits under, when that key
 is a registry kind (``quantizer``, ``tokenizer``, ``prior``, ``discriminator``,
-``sampler``, ``loss``, ``conditioner``); anywhere else, give the kind explicitly
+``sampler``, ``perceptual``, ``gan``, ``autoencoder_loss``, ``conditioner``) or the alias
+``loss`` (any of the three loss kinds); anywhere else, give the kind explicitly
 with a ``kind`` key. Specs nest: an argument that is itself a spec is built first::
 
     tokenizer:
       name: vqgan
       quantizer: {name: ema, codebook_size: 1024}
       discriminator: {name: patchgan}     # built as a discriminator
-      perceptual: {kind: loss, name: lpips}
+      perceptual: {kind: perceptual, name: lpips}
 
 :func:`build` accepts either one spec (it must then say its ``kind``) or a mapping
 from kinds to specs, and returns the built object or a dict of them. Mappings that
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from .errors import ConfigError, RegistryError
-from .registry import KINDS, check_arguments, get, remember_spec
+from .registry import KIND_ALIASES, KINDS, check_arguments, get_entry, is_kind, remember_spec
 
 ConfigLike = Union[Mapping[str, Any], str, os.PathLike]
 
@@ -80,7 +81,7 @@ def merge_configs(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[
 
 
 def _is_spec(value: Any, key: str) -> bool:
-    return isinstance(value, Mapping) and "name" in value and ("kind" in value or key in KINDS)
+    return isinstance(value, Mapping) and "name" in value and ("kind" in value or is_kind(key))
 
 
 def _build_spec(spec: Mapping[str, Any], kind: str, path: str) -> Any:
@@ -88,9 +89,10 @@ def _build_spec(spec: Mapping[str, Any], kind: str, path: str) -> Any:
     if not isinstance(name, str):
         raise ConfigError(f"{path}.name: expected a registered name (string), got {name!r}")
     try:
-        obj = get(kind, name)
+        entry = get_entry(kind, name)
     except RegistryError as exc:
         raise ConfigError(f"{path}.name: {exc}") from None
+    obj, kind = entry.obj, entry.kind  # an alias kind (``loss``) resolves to the concrete one
     kwargs = {k: _build_value(v, k, f"{path}.{k}") for k, v in spec.items() if k not in ("name", "kind")}
     check_arguments(obj, kwargs, path)
     try:
@@ -105,9 +107,9 @@ def _build_spec(spec: Mapping[str, Any], kind: str, path: str) -> Any:
 def _build_value(value: Any, key: str, path: str) -> Any:
     if _is_spec(value, key):
         kind = value.get("kind", key)
-        if kind not in KINDS:
+        if not is_kind(kind):
             raise ConfigError(f"{path}.kind: unknown component kind {kind!r}; expected one of "
-                              f"{', '.join(KINDS)}")
+                              f"{', '.join(KINDS + tuple(KIND_ALIASES))}")
         return _build_spec(value, kind, path)
     if isinstance(value, Mapping):
         return {k: _build_value(v, k, f"{path}.{k}") for k, v in value.items()}
@@ -128,8 +130,8 @@ def build(config: ConfigLike) -> Any:
         if kind is None:
             raise ConfigError("<root>: a top-level component needs a 'kind' key "
                               f"(one of {', '.join(KINDS)}), or nest it under its kind")
-        if kind not in KINDS:
+        if not is_kind(kind):
             raise ConfigError(f"<root>.kind: unknown component kind {kind!r}; expected one of "
-                              f"{', '.join(KINDS)}")
+                              f"{', '.join(KINDS + tuple(KIND_ALIASES))}")
         return _build_spec(cfg, kind, "<root>")
     return {k: _build_value(v, k, k) for k, v in cfg.items()}

@@ -40,6 +40,12 @@ class StepAware:
 
 
 # --------------------------------------------------------------------------- quantizers
+#: torch layers whose ``reset_parameters`` :meth:`Quantizer.reset_parameters` calls by default.
+_RESETTABLE_LAYERS = (nn.Linear, nn.Bilinear, nn.Embedding, nn.modules.conv._ConvNd,
+                      nn.modules.normalization.LayerNorm, nn.modules.normalization.GroupNorm,
+                      nn.modules.batchnorm._NormBase)
+
+
 @dataclass
 class QuantizerOutput:
     """Result of :meth:`Quantizer.forward`.
@@ -63,6 +69,11 @@ class QuantizerOutput:
 class Quantizer(nn.Module, StepAware, ABC):
     """Maps a continuous latent B×C×H×W to discrete codes and back."""
 
+    #: Channels of the input ``z`` when they differ from the code width (e.g. a Gumbel
+    #: quantizer's 1×1 projection input); a tokenizer sizes its ``quant_conv`` by it.
+    #: Default None: the input has the code width (``dim``).
+    in_channels: Optional[int] = None
+
     @abstractmethod
     def forward(self, z: Tensor) -> QuantizerOutput:
         """Quantize ``z`` (float B×C×H×W); see :class:`QuantizerOutput`."""
@@ -80,6 +91,15 @@ class Quantizer(nn.Module, StepAware, ABC):
     def num_levels(self) -> int:
         """Number of code ids per latent position (1 except for multi-level quantizers)."""
         return 1
+
+    def reset_parameters(self) -> None:
+        """Re-draw the parameters, same configuration (e.g. the independent levels of a
+        residual quantizer). Default: ``reset_parameters()`` of every torch layer inside
+        that has one (linear, convolution, embedding, normalisation layers); quantizers
+        with other state (codebooks held as buffers...) override it."""
+        for module in self.modules():
+            if module is not self and isinstance(module, _RESETTABLE_LAYERS):
+                module.reset_parameters()
 
 
 # --------------------------------------------------------------------------- tokenizers
@@ -104,6 +124,15 @@ class Encoded:
 class Tokenizer(nn.Module, StepAware, ABC):
     """Stage 1: images <-> grids of discrete tokens."""
 
+    @classmethod
+    def from_pretrained(cls, ref: Any, **kwargs: Any) -> "Tokenizer":
+        """The tokenizer of a saved pipeline or an original checkpoint file: a local path,
+        a Hub repo id (``owner/name[@revision]``) or file (``hf://owner/name[@rev]/file``);
+        see :func:`taming_core.hub.load_component`."""
+        from .hub import load_component
+
+        return load_component(ref, "tokenizer", cls, **kwargs)
+
     @abstractmethod
     def encode(self, images: Tensor) -> Encoded:
         """Float B×C×H×W images in [-1, 1] -> :class:`Encoded`."""
@@ -124,6 +153,10 @@ class Tokenizer(nn.Module, StepAware, ABC):
         """Encode and decode through the straight-through latent (the training path)."""
         enc = self.encode(images)
         return self.decode_latent(enc.latent), enc
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Encoded]:
+        """Default: :meth:`reconstruct` (what a trainer calls through a DDP wrapper)."""
+        return self.reconstruct(images)
 
     @property
     @abstractmethod
@@ -162,6 +195,35 @@ class PriorCache(ABC):
         """Keep only the first ``length`` positions."""
 
 
+class TokenHistoryCache(PriorCache):
+    """A :class:`PriorCache` that keeps the ids fed so far, for autoregressive priors
+    without a key/value cache: ``forward_cached`` calls :meth:`append` and recomputes
+    its logits over :attr:`tokens`. Exact and simple; each step costs a forward over the
+    whole history, so it suits small priors and short block sizes."""
+
+    def __init__(self, batch_size: int, max_len: int, device: Optional[torch.device] = None) -> None:
+        self.ids = torch.zeros(batch_size, max_len, dtype=torch.long, device=device)
+        self.length = 0
+
+    def reset(self) -> None:
+        self.length = 0
+
+    def truncate(self, length: int) -> None:
+        self.length = min(self.length, int(length))
+
+    def append(self, tokens: Tensor) -> int:
+        """Write Long B×t ``tokens`` after the cached ones; returns their first position."""
+        start = self.length
+        self.ids[:, start:start + tokens.shape[1]] = tokens
+        self.length = start + tokens.shape[1]
+        return start
+
+    @property
+    def tokens(self) -> Tensor:
+        """Long B×length: every id fed so far."""
+        return self.ids[:, :self.length]
+
+
 #: Family names a :class:`Prior` declares (``Prior.family``) and a :class:`Sampler` drives.
 FAMILIES: tuple[str, ...] = ("autoregressive", "masked")
 
@@ -184,6 +246,14 @@ class Prior(nn.Module, StepAware, ABC):
     #: Registered name of the sampler used when a config names none (trainer grids,
     #: ``Pipeline`` without a sampler).
     default_sampler: ClassVar[str] = ""
+
+    @classmethod
+    def from_pretrained(cls, ref: Any, **kwargs: Any) -> "Prior":
+        """The prior of a saved pipeline or an original checkpoint file (see
+        :meth:`Tokenizer.from_pretrained` and :func:`taming_core.hub.load_component`)."""
+        from .hub import load_component
+
+        return load_component(ref, "prior", cls, **kwargs)
 
     @abstractmethod
     def loss(self, tokens: Tensor, condition: Optional[Tensor] = None, *,
@@ -386,6 +456,29 @@ class Conditioner(nn.Module, StepAware, ABC):
     @abstractmethod
     def vocab_size(self) -> int:
         """Number of distinct condition token ids."""
+
+
+# --------------------------------------------------------------------------- checkpoint formats
+class CheckpointFormat(ABC):
+    """Reads checkpoint files of other projects (registered as kind ``checkpoint_format``).
+
+    The core never imports a reader: ``Pipeline.from_pretrained`` / ``*.from_pretrained``
+    (:mod:`taming_core.hub`) ask every registered format whether it :meth:`accepts` a file
+    and let the first that does turn it into pipeline parts. The built-in ``original``
+    format (``taming_plugins.compat``) reads taming ``.ckpt`` and LlamaGen ``.pt`` files.
+    """
+
+    @abstractmethod
+    def accepts(self, path: Any) -> bool:
+        """Cheap check (file name, suffix, a few bytes) that ``path`` (a local file) is one
+        of this format's files."""
+
+    @abstractmethod
+    def load_parts(self, path: Any, *, config: Any = None) -> dict[str, Any]:
+        """``Pipeline`` keyword arguments read from ``path``: any of ``tokenizer``,
+        ``prior``, ``sampler``, ``conditioner``, ``cond_offset``, ``grid``, plus ``card``
+        (a dict for the model card: ``license``, ``source``, ``datasets``, ``metrics``...).
+        ``config`` is the format's own config (path, mapping or name) or None."""
 
 
 # --------------------------------------------------------------------------- samplers

@@ -17,7 +17,7 @@ import pickle
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import Any, Iterator, Sequence, Union
 
 import torch
 
@@ -141,11 +141,15 @@ def refused_pickle_message(path: PathLike, what: str, reason: str) -> str:
             f"file, convert it once to plain tensors with: {convert}")
 
 
-def torch_load_safe(path: PathLike, what: str = "a PyTorch checkpoint") -> Any:
+def torch_load_safe(path: PathLike, what: str = "a PyTorch checkpoint", *,
+                    safe_globals: Sequence[type] = ()) -> Any:
     """``torch.load(..., weights_only=True)`` with readable errors.
 
     Anything that is not a plain tensor/container file (a pickled class, a truncated
     zip, a text file) raises :class:`CheckpointError` naming ``what`` was expected.
+    ``safe_globals`` names the few extra plain-data classes the caller allows (through
+    ``torch.serialization.safe_globals``), e.g. ``argparse.Namespace`` for the ``args``
+    entry of LlamaGen training checkpoints; nothing else is unpickled.
     """
     p = Path(path)
     if not p.is_file():
@@ -155,7 +159,8 @@ def torch_load_safe(path: PathLike, what: str = "a PyTorch checkpoint") -> Any:
     if not head.startswith(_TORCH_MAGIC):
         raise CheckpointError(f"{p}: not {what} (the file is not in a format torch.save writes)")
     try:
-        return torch.load(p, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(list(safe_globals)):
+            return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(refused_pickle_message(p, what, _reason(exc))) from None
     except Exception as exc:  # noqa: BLE001 - a corrupt file can fail anywhere in unpickling

@@ -178,6 +178,8 @@ class Pipeline(nn.Module):
             check_positive(self.cond_offset, "Pipeline(cond_offset)", allow_zero=True)
         self.cond_offset = int(self.cond_offset)
         self.grid = tuple(grid) if grid is not None else None
+        #: Model-card fields (license, source, datasets, metrics...) for save_pretrained.
+        self.card_info: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -284,6 +286,26 @@ class Pipeline(nn.Module):
                                   f"{detail}") from None
         return pipe.to(map_location).eval()
 
+    @classmethod
+    def from_pretrained(cls, ref: Any, **kwargs: Any) -> "Pipeline":
+        """A local directory, a Hub repo (``owner/name[@revision]``) or an original file
+        (``hf://owner/name/c2i_B_256.pt``, local ``.pt``/``.ckpt``); see :mod:`taming_core.hub`."""
+        from .hub import load_pipeline
+
+        return load_pipeline(cls, ref, **kwargs)
+
+    def save_pretrained(self, directory: Union[str, os.PathLike], **card: Any) -> Path:
+        """:meth:`save` plus a model card ``README.md`` (see :func:`taming_core.hub.save_pretrained`)."""
+        from .hub import save_pretrained
+
+        return save_pretrained(self, directory, **card)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
+        """Upload :meth:`save_pretrained` output to a Hub repo (see :func:`taming_core.hub.push_to_hub`)."""
+        from .hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
+
     # ------------------------------------------------------------------ tokens and images
     def _images(self, images: Tensor, name: str) -> Tensor:
         """Entry check of images: float B×C×H×W, finite (NaN pixels are the images' fault,
@@ -331,7 +353,7 @@ class Pipeline(nn.Module):
         if tokens.shape[0] != n:
             raise ValidationError(f"generate(condition): gives {tokens.shape[0]} conditions for n={n}")
         tokens = tokens.long().to(device) + self.cond_offset
-        return tokens if getattr(self.conditioner, "spatial", False) else tokens.reshape(n, -1)
+        return tokens if self.conditioner.spatial else tokens.reshape(n, -1)
 
     def default_sampler(self) -> Sampler:
         """The pipeline's sampler, or else the prior's ``default_sampler`` (restricted to

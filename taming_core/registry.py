@@ -21,10 +21,19 @@ from typing import Any, Callable, Optional, TypeVar
 
 from .errors import ConfigError, RegistryError
 
-#: Component kinds known to the registry.
+#: Component kinds known to the registry. The three loss kinds are split by what their
+#: consumer needs: ``perceptual`` (:class:`~taming_core.PerceptualLoss`, a distance between
+#: images), ``gan`` (:class:`~taming_core.GANObjective`, on discriminator logits) and
+#: ``autoencoder_loss`` (:class:`~taming_core.AutoencoderLoss`, the stage-1 objective).
 KINDS: tuple[str, ...] = (
-    "quantizer", "tokenizer", "prior", "discriminator", "sampler", "loss", "conditioner",
+    "quantizer", "tokenizer", "prior", "discriminator", "sampler", "perceptual", "gan",
+    "autoencoder_loss", "conditioner", "checkpoint_format",
 )
+
+#: Alias kinds: a name that stands for several kinds. ``loss`` (the one kind of older
+#: releases) resolves a name across the three loss kinds, so ``create("loss", "lpips")``,
+#: config keys ``loss:``/``kind: loss`` and ``taming plugins --kind loss`` keep working.
+KIND_ALIASES: dict[str, tuple[str, ...]] = {"loss": ("perceptual", "gan", "autoencoder_loss")}
 
 BUILTIN_DISTRIBUTION = "taming"
 
@@ -55,8 +64,30 @@ def _closest(word: str, options: list[str]) -> str:
 
 
 def _check_kind(kind: str) -> None:
-    if kind not in _REGISTRY:
-        raise RegistryError(f"unknown component kind {kind!r}; {_closest(kind, list(KINDS))}")
+    if kind not in _REGISTRY and kind not in KIND_ALIASES:
+        raise RegistryError(f"unknown component kind {kind!r}; "
+                            f"{_closest(kind, list(KINDS) + list(KIND_ALIASES))}")
+
+
+def is_kind(kind: object) -> bool:
+    """True for a registry kind or an alias kind such as ``loss``."""
+    return isinstance(kind, str) and (kind in KINDS or kind in KIND_ALIASES)
+
+
+def _kinds_of(kind: str) -> tuple[str, ...]:
+    """The concrete kinds ``kind`` stands for (itself unless it is an alias)."""
+    return KIND_ALIASES.get(kind, (kind,))
+
+
+def _loss_kind_of(obj: Any) -> Optional[str]:
+    """The loss kind a class declares by its base (for ``register("loss", ...)``)."""
+    from .interfaces import AutoencoderLoss, GANObjective, PerceptualLoss  # interfaces import torch
+
+    for base, kind in ((PerceptualLoss, "perceptual"), (GANObjective, "gan"),
+                       (AutoencoderLoss, "autoencoder_loss")):
+        if isinstance(obj, type) and issubclass(obj, base):
+            return kind
+    return None
 
 
 @functools.lru_cache(maxsize=None)
@@ -115,6 +146,9 @@ def register(kind: str, name: str, *, override: bool = False,
     def decorator(obj: T) -> T:
         if not callable(obj):
             raise RegistryError(f"register({kind!r}, {name!r}): expected a class or function, got {obj!r}")
+        if kind in KIND_ALIASES:
+            return register(_resolve_alias_registration(kind, name, obj), name, override=override,
+                            description=description)(obj)
         existing = _REGISTRY[kind].get(name)
         origin, dist, version = _provenance_of(obj)
         if existing is not None and not _same_object(existing.obj, obj):
@@ -135,10 +169,24 @@ def register(kind: str, name: str, *, override: bool = False,
     return decorator
 
 
+def _resolve_alias_registration(alias: str, name: str, obj: Any) -> str:
+    """The concrete kind an object registered under an alias kind belongs to."""
+    kind = _loss_kind_of(obj)
+    if kind is None or kind not in KIND_ALIASES[alias]:
+        raise RegistryError(
+            f"register({alias!r}, {name!r}): {alias!r} stands for the kinds "
+            f"{', '.join(KIND_ALIASES[alias])} and {getattr(obj, '__name__', obj)!r} subclasses none "
+            f"of PerceptualLoss, GANObjective, AutoencoderLoss; register it under the kind its "
+            f"consumer needs")
+    return kind
+
+
 def unregister(kind: str, name: str) -> None:
-    """Remove an entry (mainly for tests and interactive sessions)."""
+    """Remove an entry (mainly for tests and interactive sessions); with an alias kind,
+    from whichever of its kinds holds ``name``."""
     _check_kind(kind)
-    _REGISTRY[kind].pop(name, None)
+    for k in _kinds_of(kind):
+        _REGISTRY[k].pop(name, None)
 
 
 def _snapshot() -> dict[str, dict[str, Entry]]:
@@ -173,11 +221,14 @@ def get_entry(kind: str, name: str) -> Entry:
     """Return the :class:`Entry` for ``kind``/``name`` or raise with the closest names."""
     _check_kind(kind)
     _ensure_plugins()
-    try:
-        return _REGISTRY[kind][name]
-    except KeyError:
-        raise RegistryError(
-            f"unknown {kind} {name!r}; {_closest(name, list(_REGISTRY[kind]))}") from None
+    found = [_REGISTRY[k][name] for k in _kinds_of(kind) if name in _REGISTRY[k]]
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise RegistryError(f"{kind} {name!r} is ambiguous: registered as "
+                            f"{' and '.join(e.kind for e in found)}; ask for one of these kinds")
+    known = [n for k in _kinds_of(kind) for n in _REGISTRY[k]]
+    raise RegistryError(f"unknown {kind} {name!r}; {_closest(name, known)}")
 
 
 def get(kind: str, name: str) -> Callable[..., Any]:
@@ -280,11 +331,11 @@ def create(kind: str, name: str, **kwargs: Any) -> Any:
 
     Unknown or missing arguments raise the same :class:`ConfigError` as
     :func:`taming_core.build` (the path is the kind). The result remembers its spec
-    (see :func:`spec_of`).
+    (see :func:`spec_of`), under its concrete kind when ``kind`` is an alias.
     """
-    obj = get(kind, name)
-    check_arguments(obj, kwargs, kind)
-    return remember_spec(obj(**kwargs), kind, name, kwargs)
+    entry = get_entry(kind, name)
+    check_arguments(entry.obj, kwargs, kind)
+    return remember_spec(entry.obj(**kwargs), entry.kind, name, kwargs)
 
 
 def create_from_spec(kind: str, spec: Mapping[str, Any], **overrides: Any) -> Any:
@@ -297,12 +348,13 @@ def create_from_spec(kind: str, spec: Mapping[str, Any], **overrides: Any) -> An
 def available(kind: Optional[str] = None, pattern: str = "*") -> list[str]:
     """Sorted registered names matching ``pattern`` (fnmatch wildcards).
 
-    With ``kind=None`` every kind is searched and names come as ``"kind/name"``.
+    With ``kind=None`` every kind is searched and names come as ``"kind/name"``; an alias
+    kind (``loss``) lists the names of all the kinds it stands for.
     """
     if kind is not None:
         _check_kind(kind)
     _ensure_plugins()
-    kinds = [kind] if kind is not None else list(KINDS)
+    kinds = list(_kinds_of(kind)) if kind is not None else list(KINDS)
     out: list[str] = []
     for k in kinds:
         for name in _REGISTRY[k]:
@@ -316,6 +368,6 @@ def entries(kind: Optional[str] = None, pattern: str = "*") -> list[Entry]:
     if kind is not None:
         _check_kind(kind)
     _ensure_plugins()
-    kinds = [kind] if kind is not None else list(KINDS)
+    kinds = list(_kinds_of(kind)) if kind is not None else list(KINDS)
     return [e for k in kinds for n, e in sorted(_REGISTRY[k].items())
             if fnmatch.fnmatchcase(n, pattern)]

@@ -118,7 +118,7 @@ def check_tensor(
         raise ValidationError(f"{name}: contains NaN or Inf values ({got})")
     if value_range is not None and x.numel():
         low, high = value_range
-        lo, hi = float(x.min()), float(x.max())
+        lo, hi = float(x.detach().min()), float(x.detach().max())
         if math.isnan(lo) or math.isnan(hi):  # min/max propagate NaN; comparisons would pass it
             raise ValidationError(f"{name}: contains NaN values ({got})")
         if lo < low or hi > high:
@@ -277,6 +277,21 @@ def token_range_error(tokens: "torch.Tensor", vocab_size: int, name: str) -> Val
 
 def check_token_ids(tokens: "torch.Tensor", vocab_size: int, name: str) -> None:
     """Raise :func:`token_range_error` unless every id lies in ``[0, vocab_size)``
-    (synchronises with the device: entry points only)."""
+    (synchronises with the device: entry points only; skipped inside
+    :func:`deferred_value_checks`)."""
+    if not _VALUE_CHECKS.get():
+        return
     if tokens.numel() and (bool((tokens < 0).any()) or bool((tokens >= vocab_size).any())):
         raise token_range_error(tokens, vocab_size, name)
+
+
+def embed_tokens(embedding: "torch.nn.Embedding", tokens: "torch.Tensor", name: str) -> "torch.Tensor":
+    """``embedding(tokens)``, with ids outside the table reported as one
+    :func:`token_range_error` line instead of an IndexError. Free on the normal path (the
+    ids are read only after the embedding raised, which CPU tensors do; on CUDA an
+    out-of-range id is a device assert, so check ids with :func:`check_token_ids` at entry
+    points there)."""
+    try:
+        return embedding(tokens)
+    except IndexError:
+        raise token_range_error(tokens, embedding.num_embeddings, name) from None

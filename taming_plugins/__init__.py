@@ -13,6 +13,7 @@ import pkgutil
 #: Sub-packages whose modules register components when imported.
 COMPONENT_PACKAGES = (
     "quantizers", "tokenizers", "losses", "discriminators", "priors", "samplers", "conditioning",
+    "compat",
 )
 
 

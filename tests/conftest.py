@@ -25,3 +25,8 @@ def _seed():
 @pytest.fixture
 def fixtures_dir() -> Path:
     return FIXTURES
+
+
+# The plugin packages' own tests run as their authors would run them, with the package
+# installed (tests/test_contracts_plugins.py), not as part of this suite's collection.
+collect_ignore = ["plugin_pkgs"]

@@ -28,11 +28,11 @@ class Outer:
 def _components():
     register("quantizer", "zz_inner")(Inner)
     register("tokenizer", "zz_outer")(Outer)
-    register("loss", "zz_loss")(Inner)
+    register("perceptual", "zz_loss")(Inner)  # built below through the alias kind "loss"
     yield
     unregister("quantizer", "zz_inner")
     unregister("tokenizer", "zz_outer")
-    unregister("loss", "zz_loss")
+    unregister("perceptual", "zz_loss")
 
 
 CFG = {"tokenizer": {"name": "zz_outer", "depth": 3,

@@ -21,7 +21,8 @@ from torch import nn
 from taming_core.errors import CheckpointError, ValidationError
 from taming_plugins.cli import main
 from taming_plugins.eval import (FidFeatureExtractor, FidUnavailableError, ReferenceStatsCache, TensorImages,
-                                 dataset_identity, evaluate, fid_available, rfid_if_available, stats_of)
+                                 ReconstructionModel, SampleModel, dataset_identity, evaluate, fid_available,
+                                 rfid_if_available, stats_of)
 from taming_plugins.eval.cache import cache_key
 
 SEED = 0
@@ -57,8 +58,8 @@ class CountingNet(nn.Module):
         return self.net(x)
 
 
-class NoisyReconstructor:
-    """Duck-typed model: reconstruct() adds fixed noise, generate() returns noisy data images."""
+class NoisyReconstructor(ReconstructionModel, SampleModel):
+    """A declared model: reconstruct() adds fixed noise, generate() returns noisy data images."""
 
     def __init__(self, images: torch.Tensor, noise: float) -> None:
         self.images, self.noise = images, noise

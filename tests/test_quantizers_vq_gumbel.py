@@ -10,7 +10,7 @@ import torch
 
 import taming_core
 from taming_core import QuantizerOutput, ValidationError
-from taming_plugins.quantizers._common import UsageTracker, code_counts, usage_metrics
+from taming_core.quantization import UsageTracker, code_counts, usage_metrics
 from taming_plugins.quantizers.gumbel import TemperatureSchedule
 
 FIXTURES = Path(__file__).parent / "fixtures" / "taming_reference"

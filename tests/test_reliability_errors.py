@@ -160,3 +160,33 @@ def test_refused_pickle_names_the_object_and_how_to_convert(tmp_path):
     exec(command, {"__name__": "convert"})  # noqa: S102 - the test's own trusted file
     state = torch_load_safe(tmp_path / "model.tensors.ckpt")
     assert set(state) == {"w"}
+
+
+def test_every_prior_family_reports_ids_outside_its_vocabulary():
+    """maskgit (its input vocabulary has the mask id V) and pixelcnn, as GPT above."""
+    maskgit = taming_core.create("prior", "maskgit", vocab_size=VOCAB, block_size=8, n_layer=1,
+                                 n_head=2, n_embd=16)
+    with pytest.raises(ValidationError, match=r"maskgit\.forward\(tokens\): token ids must lie in \[0, 17\]"):
+        maskgit(torch.tensor([[1, VOCAB + 1, 2]]))
+    with pytest.raises(ValidationError, match=r"maskgit\.loss\(tokens\): token ids must lie in \[0, 16\]"):
+        maskgit.loss(torch.full((1, 4), VOCAB))  # the mask id is an input, never a target
+    pixelcnn = taming_core.create("prior", "pixelcnn", vocab_size=VOCAB, block_size=5, grid=[2, 2],
+                                  n_layer=1, channels=8, kernel_size=3)
+    with pytest.raises(ValidationError, match=r"pixelcnn\(tokens\): token ids must lie in \[0, 16\]"):
+        pixelcnn(torch.tensor([[16, 1, VOCAB, 2, 3]]))
+    with pytest.raises(ValidationError, match=r"token ids must lie in \[0, 16\]"):
+        pixelcnn.loss(torch.tensor([[1, 2, 3, VOCAB]]), torch.tensor([[16]]))
+    with pytest.raises(ValidationError, match=r"pixelcnn\(tokens\): token ids"):
+        pixelcnn.forward_cached(torch.tensor([[16, 1, VOCAB]]), pixelcnn.new_cache(1, 5))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"guidance_scale": float("nan"), "null_condition": torch.zeros(1, 1, dtype=torch.long)},
+     "guidance_scale"),
+    ({"temperature": 1e-300}, "temperature"),
+    ({"choice_temperature": float("nan")}, "choice_temperature"),
+    ({"choice_temperature": float("inf")}, "choice_temperature"),
+])
+def test_maskgit_sampler_settings_are_validated_at_construction(kwargs, match):
+    with pytest.raises(ValidationError, match=match):
+        taming_core.create("sampler", "maskgit", **kwargs)

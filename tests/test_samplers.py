@@ -8,7 +8,7 @@ import torch
 import taming_core
 from taming_core import ValidationError
 from taming_plugins.priors.gpt import GPT
-from taming_plugins.samplers._filtering import SamplingOptions, top_k_filter, top_p_filter
+from taming_core.sampling import SamplingOptions, top_k_filter, top_p_filter
 from taming_plugins.samplers.sliding_window import strided_start
 
 FIXTURE = "net2net_gpt_small"

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import argparse
 import fnmatch
 import os
 from collections.abc import Iterable, Mapping
@@ -32,22 +33,34 @@ def list_keys(keys: Iterable[str], limit: int = MAX_LISTED_KEYS) -> str:
     return ", ".join(items[:limit]) + more
 
 
-def read_checkpoint(path: Union[str, os.PathLike]) -> tuple[StateDict, dict[str, Any]]:
-    """Flat state dict and the remaining top-level entries of a ``.ckpt`` file.
+#: Top-level entries that hold the weights, tried in this order: Lightning (taming),
+#: LlamaGen's ``{"model": ...}`` and DeepSpeed-style ``{"module": ...}`` files.
+WEIGHT_ENTRIES = ("state_dict", "model", "module")
+#: The one class besides tensors and containers a checkpoint may hold: the
+#: ``argparse.Namespace`` under ``args`` in LlamaGen training checkpoints.
+SAFE_GLOBALS = (argparse.Namespace,)
 
-    Accepts Lightning checkpoints (``{"state_dict": {...}, "global_step": ...}``) and bare
-    state dicts; anything else (a pickled model object, a corrupt file, a dict without
-    tensors) raises :class:`CheckpointError`.
+
+def read_checkpoint(path: Union[str, os.PathLike]) -> tuple[StateDict, dict[str, Any]]:
+    """Flat state dict and the remaining top-level entries of a checkpoint file.
+
+    Accepts Lightning checkpoints (``{"state_dict": {...}, "global_step": ...}``), LlamaGen
+    files (``{"model": {...}}``, training checkpoints also with ``optimizer``, ``steps``
+    and an ``argparse.Namespace`` under ``args``), ``{"module": {...}}`` and bare state
+    dicts, all read with ``weights_only=True``. Anything else (another pickled object, a
+    corrupt file, a dict without tensors) raises :class:`CheckpointError`.
     """
-    data = torch_load_safe(path, "a taming-transformers checkpoint (.ckpt)")
+    data = torch_load_safe(path, "an original checkpoint (taming .ckpt or LlamaGen .pt)",
+                           safe_globals=SAFE_GLOBALS)
     if not isinstance(data, Mapping):
         raise CheckpointError(f"{path}: expected a checkpoint dict, got {type(data).__name__}")
-    if "state_dict" in data:
-        state, extra = data["state_dict"], {k: v for k, v in data.items() if k != "state_dict"}
+    entry = next((k for k in WEIGHT_ENTRIES if k in data), None)
+    if entry is not None:
+        state, extra = data[entry], {k: v for k, v in data.items() if k != entry}
     else:
         state, extra = data, {}
     if not isinstance(state, Mapping) or not state:
-        raise CheckpointError(f"{path}: 'state_dict' is empty or not a dict")
+        raise CheckpointError(f"{path}: {entry or 'the state dict'!r} is empty or not a dict")
     bad = [str(k) for k, v in state.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
     if bad:
         raise CheckpointError(f"{path}: expected a state dict of named tensors; not tensors: "

@@ -48,6 +48,8 @@ def _build_tokenizer(tokenizer: TokenizerLike) -> nn.Module:
 
 
 def _original_vocab_size(model: nn.Module) -> Optional[int]:
+    """Codebook size of an original taming cond-stage model (not a taming component: it
+    declares nothing, so its size is read from the original attribute names)."""
     quantize = getattr(model, "quantize", None)
     for owner, attr in ((quantize, "n_e"), (quantize, "n_embed"), (model, "n_embed")):
         value = getattr(owner, attr, None) if owner is not None else None

@@ -21,9 +21,8 @@ import torch
 from torch import Tensor
 
 from taming_core.errors import ValidationError
+from taming_core.interfaces import Conditioner
 from taming_core.validation import check_positive, check_tensor
-
-from ._base import ConditionerBase
 
 
 def _check_probability(value: float, name: str) -> None:
@@ -52,7 +51,7 @@ def random_replace(tokens: Tensor, pkeep: float, vocab_size: int, *,
     return torch.where(keep, tokens, random_ids)
 
 
-def drop_condition(cond: Tensor, conditioner: ConditionerBase, p: float, *,
+def drop_condition(cond: Tensor, conditioner: Conditioner, p: float, *,
                    generator: Optional[torch.Generator] = None) -> tuple[Tensor, Tensor]:
     """Replace whole samples of local condition ids ``cond`` (Long B×...) by the null
     condition with probability ``p``.

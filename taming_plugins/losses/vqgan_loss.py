@@ -1,4 +1,4 @@
-"""The composed VQGAN training loss (registered as loss ``vqgan``).
+"""The composed VQGAN training loss (registered as ``autoencoder_loss`` ``vqgan``).
 
 Semantics of the original ``VQLPIPSWithDiscriminator`` (taming-transformers,
 ``taming/modules/losses/vqperceptual.py``):
@@ -73,7 +73,7 @@ def _norm(t: Tensor) -> Tensor:
     return torch.linalg.vector_norm(t.float())
 
 
-@register("loss", "vqgan")
+@register("autoencoder_loss", "vqgan")
 class VQGANLoss(AutoencoderLoss):
     """L1 + perceptual reconstruction, quantizer loss and an adaptively weighted GAN term.
 
@@ -108,12 +108,12 @@ class VQGANLoss(AutoencoderLoss):
             raise ConfigError(f"vqgan loss(discriminator): expected a Discriminator module, got "
                               f"{type(disc).__name__}")
         self.discriminator = disc
-        perceptual_module = _build(perceptual, "loss", "perceptual")
+        perceptual_module = _build(perceptual, "perceptual", "perceptual")
         if perceptual_module is not None and not isinstance(perceptual_module, nn.Module):
             raise ConfigError(f"vqgan loss(perceptual): expected a PerceptualLoss module, got "
                               f"{type(perceptual_module).__name__}")
         self.perceptual = perceptual_module
-        objective = _build(gan_objective, "loss", "gan_objective")
+        objective = _build(gan_objective, "gan", "gan_objective")
         if not isinstance(objective, GANObjective):
             raise ConfigError(f"vqgan loss(gan_objective): expected a GANObjective such as 'hinge', "
                               f"got {type(objective).__name__}")

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from taming_core import AutoregressivePrior, PriorCache, ValidationError, register
-from taming_core.validation import check_positive, check_tensor, check_token_ids, token_range_error
+from taming_core.validation import check_positive, check_tensor, check_token_ids, embed_tokens
 
 from ._transformer import INIT_STD, MLP_EXPANSION, Block, init_weights, linear_decay_groups
 
@@ -171,10 +171,7 @@ class GPT(AutoregressivePrior):
         t = tokens.shape[1]
         if tokens.device.type != "cpu" and not self.training and t > 1:
             check_token_ids(tokens, self.vocab_size, name)
-        try:
-            emb = self.tok_emb(tokens)
-        except IndexError:
-            raise token_range_error(tokens, self.vocab_size, name) from None
+        emb = embed_tokens(self.tok_emb, tokens, name)
         return self.drop(emb + self.pos_emb[:, start:start + t])
 
     def _logits(self, x: Tensor) -> Tensor:

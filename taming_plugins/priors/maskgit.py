@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from taming_core import MaskedPrior, ValidationError, register
-from taming_core.validation import check_positive, check_tensor
+from taming_core.validation import check_positive, check_tensor, embed_tokens, token_range_error
 
 from ._transformer import Block, init_weights, linear_decay_groups
 
@@ -110,7 +110,7 @@ class MaskGIT(MaskedPrior):
             raise ValidationError(f"maskgit.forward(tokens): {n - sizes['T']} condition + "
                                   f"{sizes['T']} image tokens exceed the block size "
                                   f"{self.block_size} of this prior")
-        x = self.drop(self.tok_emb(seq) + self.pos_emb[:, :n])
+        x = self.drop(embed_tokens(self.tok_emb, seq, "maskgit.forward(tokens)") + self.pos_emb[:, :n])
         x = self.blocks(x)
         return self.head(self.ln_f(x[:, n - sizes["T"]:]))
 
@@ -131,7 +131,10 @@ class MaskGIT(MaskedPrior):
         masked = ranks < n_mask[:, None]
         fed = tokens if inputs is None else inputs
         logits = self(fed.masked_fill(masked, self.mask_id), condition)
-        return F.cross_entropy(logits[masked].float(), tokens[masked])
+        try:
+            return F.cross_entropy(logits[masked].float(), tokens[masked])
+        except IndexError:  # a target id outside the vocabulary (the error path only)
+            raise token_range_error(tokens, self.vocab_size, "maskgit.loss(tokens)") from None
 
     # ------------------------------------------------------------------ training
     def parameter_groups(self, weight_decay: float) -> list[dict[str, Any]]:

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from taming_core import AutoregressivePrior, PriorCache, ValidationError, register
-from taming_core.validation import check_positive, check_tensor
+from taming_core.validation import check_positive, check_tensor, embed_tokens
 
 __all__ = ["GatedPixelCNN", "PixelCNNCache"]
 
@@ -172,8 +172,9 @@ class GatedPixelCNN(AutoregressivePrior):
     def pixel_logits(self, grid_tokens: Tensor, prefix: Tensor) -> Tensor:
         """Long B×R×W image tokens (R <= H rows) and Long B×L prefix -> logits B×V×R×W,
         where the logits at pixel (i, j) predict token (i, j) from the earlier pixels."""
-        c = (self.cond_emb(prefix) + self.cond_pos).mean(dim=1)[:, :, None, None]
-        x = self.tok_emb(grid_tokens).permute(0, 3, 1, 2)
+        c = (embed_tokens(self.cond_emb, prefix, "pixelcnn(condition tokens)") + self.cond_pos).mean(
+            dim=1)[:, :, None, None]
+        x = embed_tokens(self.tok_emb, grid_tokens, "pixelcnn(tokens)").permute(0, 3, 1, 2)
         v, h, skip = x, x, 0
         for layer in self.layers:
             v, h, s = layer(v, h, c)

@@ -16,7 +16,9 @@ Every quantizer validates its input (float B×C×H×W, finite) and reports
 training batches) in :attr:`~taming_core.QuantizerOutput.metrics`.
 """
 
-# Helpers a quantizer plugin needs to report the same metrics as the built-ins (public API).
-from ._common import UsageTracker, check_latent, code_counts, finalize_metrics
+# Helpers a quantizer plugin needs to report the same metrics as the built-ins. Their
+# public home is taming_core.quantization (plugins need only taming_core); these names
+# stay importable from here too.
+from taming_core.quantization import UsageTracker, check_latent, code_counts, finalize_metrics
 
 __all__ = ["UsageTracker", "check_latent", "code_counts", "finalize_metrics"]

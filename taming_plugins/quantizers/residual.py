@@ -35,9 +35,7 @@ def _build_level(spec: LevelSpec, where: str) -> Quantizer:
 def _fresh_copy(level: Quantizer) -> Quantizer:
     """An independent copy with re-drawn parameters (same configuration)."""
     clone = copy.deepcopy(level)
-    reset = getattr(clone, "reset_parameters", None)
-    if callable(reset):
-        reset()
+    clone.reset_parameters()
     return clone
 
 
@@ -99,9 +97,7 @@ class ResidualQuantizer(Quantizer):
     def reset_parameters(self) -> None:
         """Re-draw every level's parameters."""
         for level in self.levels:
-            reset = getattr(level, "reset_parameters", None)
-            if callable(reset):
-                reset()
+            level.reset_parameters()  # type: ignore[operator]
 
     def level(self, index: int) -> Quantizer:
         """The quantizer of level ``index`` (0-based)."""

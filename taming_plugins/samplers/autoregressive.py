@@ -26,7 +26,7 @@ class AutoregressiveSampler(Sampler):
 
     Args:
         temperature, top_k, top_p, greedy, vocab_limit: see
-            :class:`~taming_plugins.samplers._filtering.SamplingOptions`.
+            :class:`~taming_core.sampling.SamplingOptions`.
         guidance_scale: classifier-free guidance; logits are ``l_u + s·(l_c − l_u)``
             with ``l_u`` from ``null_condition``. 1.0 disables guidance.
         null_condition: Long 1×L or B×L prefix of the unconditional branch (same length

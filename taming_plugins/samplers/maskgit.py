@@ -105,8 +105,8 @@ class MaskGITSampler(InpaintingSampler):
         check_positive(steps, "maskgit(steps)")
         check_choice(schedule, "maskgit(schedule)", SCHEDULES)
         if isinstance(choice_temperature, bool) or not isinstance(choice_temperature, (int, float)) \
-                or choice_temperature < 0:
-            raise ValidationError(f"maskgit(choice_temperature): expected a number >= 0, got "
+                or not math.isfinite(choice_temperature) or choice_temperature < 0:
+            raise ValidationError(f"maskgit(choice_temperature): expected a finite number >= 0, got "
                                   f"{choice_temperature!r}")
         self.steps = int(steps)
         self.schedule = schedule

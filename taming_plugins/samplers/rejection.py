@@ -58,8 +58,8 @@ class RejectionSampler(Sampler):
                  acceptance_rate: float = 0.1, candidate_batch_size: Optional[int] = None,
                  target_class: Optional[Callable[[Tensor], Tensor]] = None) -> None:
         self.sampler = _build_sampler(sampler)
-        if not isinstance(tokenizer, Tokenizer) and not hasattr(tokenizer, "decode"):
-            raise ValidationError(f"rejection(tokenizer): expected a Tokenizer with decode(), "
+        if not isinstance(tokenizer, Tokenizer):
+            raise ValidationError(f"rejection(tokenizer): expected a taming_core.Tokenizer, "
                                   f"got {type(tokenizer).__name__}")
         if not callable(classifier):
             raise ValidationError(f"rejection(classifier): expected a callable "

@@ -20,7 +20,7 @@ scale ``C ** -0.5`` is the original one).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -199,6 +199,9 @@ class _Level(nn.Module):
         super().__init__()
         self.block = nn.ModuleList(blocks)
         self.attn = nn.ModuleList(attns)
+        # set to a module by the Encoder/Decoder on every level but the last/first
+        self.downsample: Optional[nn.Module] = None
+        self.upsample: Optional[nn.Module] = None
 
     def run_blocks(self, h: Tensor, use_checkpoint: bool) -> Tensor:
         for i, block in enumerate(self.block):
@@ -274,7 +277,7 @@ class Encoder(nn.Module):
         h = self.conv_in(x)
         for stage in self.down:
             h = stage.run_blocks(h, self.grad_checkpointing)
-            if hasattr(stage, "downsample"):
+            if stage.downsample is not None:
                 h = stage.downsample(h)
         h = self.mid(h, self.grad_checkpointing)
         return self.conv_out(F.silu(self.norm_out(h)))
@@ -318,6 +321,6 @@ class Decoder(nn.Module):
         h = self.mid(self.conv_in(z), self.grad_checkpointing)
         for stage in reversed(self.up):
             h = stage.run_blocks(h, self.grad_checkpointing)
-            if hasattr(stage, "upsample"):
+            if stage.upsample is not None:
                 h = stage.upsample(h)
         return self.conv_out(F.silu(self.norm_out(h)))

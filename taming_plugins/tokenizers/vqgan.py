@@ -133,7 +133,7 @@ class VQGANTokenizer(Tokenizer):
             raise ConfigError(f"vqgan(quantizer): expected a Quantizer or a spec dict, "
                               f"got {type(quantizer).__name__}")
         if quant_conv_channels is None:
-            quant_conv_channels = int(getattr(quantizer, "in_channels", None) or embed_dim)
+            quant_conv_channels = int(quantizer.in_channels or embed_dim)
         self._arch: dict[str, Any] = dict(
             ch=ch, ch_mult=check_int_sequence(ch_mult, "vqgan(ch_mult)", minimum=1, nonempty=True),
             num_res_blocks=num_res_blocks,

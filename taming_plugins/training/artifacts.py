@@ -93,11 +93,12 @@ def load_frozen_tokenizer(source: Union[PathLike, Tokenizer], *, use_ema: bool =
 
         tokenizer = load_converted(path).tokenizer
     elif path.is_file() and path.suffix.lower() in ORIGINAL_SUFFIXES:
-        from taming_plugins.compat import TamingCheckpoint, load_taming_checkpoint
+        from taming_plugins.compat import LlamaGenCheckpoint, TamingCheckpoint, load_taming_checkpoint
         from taming_plugins.compat.net2net import Net2NetCheckpoint
 
-        loaded = load_taming_checkpoint(path)  # a VQModel/GumbelVQ or a Net2Net checkpoint
-        tokenizer = loaded.tokenizer if isinstance(loaded, (TamingCheckpoint, Net2NetCheckpoint)) else loaded
+        loaded = load_taming_checkpoint(path)  # VQModel/GumbelVQ, Net2Net or LlamaGen
+        tokenizer = loaded.tokenizer if isinstance(
+            loaded, (TamingCheckpoint, Net2NetCheckpoint, LlamaGenCheckpoint)) else loaded
     else:
         raise CheckpointError(f"{path}: expected a stage-1 checkpoint directory (with {STATE_FILE}), "
                               f"a converted checkpoint directory (with {CONFIG_FILE}) or an original "

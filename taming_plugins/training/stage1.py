@@ -90,11 +90,7 @@ def build_component(kind: str, spec: Mapping[str, Any]) -> Any:
 
 def build_loss(spec: Mapping[str, Any]) -> AutoencoderLoss:
     """The stage-1 objective from the ``loss`` section (registry kind ``autoencoder_loss``)."""
-    from taming_core.registry import KINDS
-
-    # Until the registry has the kind, the built-in loss sits under "loss".
-    kind = LOSS_KIND if LOSS_KIND in KINDS else "loss"
-    loss = build_component(kind, spec)
+    loss = build_component(LOSS_KIND, spec)
     if not isinstance(loss, AutoencoderLoss):
         raise ConfigError(f"loss.name: {spec['name']!r} built a {type(loss).__name__}; the stage-1 "
                           f"trainer needs an AutoencoderLoss (e.g. 'vqgan')")

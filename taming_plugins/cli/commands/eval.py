@@ -87,13 +87,8 @@ def load_tokenizer(path: str) -> Any:
 def load_pipeline(path: str) -> Any:
     """A pipeline saved with ``Pipeline.save`` (loaded by ``taming_core.Pipeline.load``)."""
     import taming_core
-    from taming_core.errors import CheckpointError
 
-    pipeline_cls = getattr(taming_core, "Pipeline", None)
-    if pipeline_cls is None or not callable(getattr(pipeline_cls, "load", None)):
-        raise CheckpointError("--pipeline: this installation has no taming_core.Pipeline.load; "
-                              "evaluate the tokenizer with --tokenizer instead")
-    return pipeline_cls.load(path)
+    return taming_core.Pipeline.load(path)
 
 
 def _metrics(args: argparse.Namespace) -> tuple[str, ...]:

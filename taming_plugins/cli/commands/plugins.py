@@ -12,7 +12,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plugins", help="list registered components and their origins",
                        description="List registered components (kind, name, origin, family of priors and samplers, description) "
                        "and the entry-point plugins that were loaded or failed.")
-    p.add_argument("--kind", choices=taming_core.KINDS, help="only this kind")
+    p.add_argument("--kind", choices=taming_core.KINDS + tuple(taming_core.KIND_ALIASES),
+                   help="only this kind ('loss' lists perceptual, gan and autoencoder_loss)")
     p.add_argument("--pattern", default="*", help="fnmatch pattern on names (default '*')")
     p.set_defaults(func=run)
 

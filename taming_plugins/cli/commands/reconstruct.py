@@ -27,6 +27,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from taming_core import Tokenizer
+from taming_plugins.eval.evaluate import ReconstructionModel
+
 from ..common import add_device_flag, add_seed_flag, resolve_device, seed_everything
 
 DEFAULT_SIZE = 256
@@ -66,17 +69,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run, _parser=p)
 
 
-class SavingReconstructor:
+class SavingReconstructor(ReconstructionModel):
     """Wraps a tokenizer/pipeline: ``reconstruct`` also writes every reconstruction as a PNG.
 
     :func:`taming_plugins.eval.evaluate` calls ``reconstruct`` once per batch, in data-set
     order, so images and metrics come from one pass.
     """
 
-    def __init__(self, model: Any, out: Path, keep: int) -> None:
+    def __init__(self, model: Any, tokenizer: Tokenizer, out: Path, keep: int) -> None:
         self.model, self.out, self.keep = model, out, keep
-        self.quantizer = getattr(getattr(model, "tokenizer", model), "quantizer", None)
-        self.vocab_size = getattr(getattr(model, "tokenizer", model), "vocab_size", None)
+        self.codebook_size = int(tokenizer.vocab_size)
         self.count = 0
         self.shown: list[Tensor] = []
 
@@ -156,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
     size = args.size or _default_size(tokenizer)
     kwargs = {"length": args.num_images} if args.input == "photos" else {}
     dataset = get_dataset(args.input, size, split="all", **kwargs)  # a folder: every image
-    saver = SavingReconstructor(model, out, COMPARISON_IMAGES)
+    saver = SavingReconstructor(model, tokenizer, out, COMPARISON_IMAGES)
     if isinstance(model, torch.nn.Module):
         model.to(device).eval()
     report = evaluate(saver, dataset, metrics=metrics, num_images=args.num_images,

@@ -7,6 +7,8 @@ Usage::
     taming sample --prior runs/prior [--tokenizer runs/tok] --n 8 --out samples
     taming sample --pipeline runs/cls/pipeline --label cat --n 8 --out cats
     taming sample --pipeline DIR --sampler maskgit --steps 12 --schedule cosine
+    taming sample --pipeline hf://FoundationVision/LlamaGen/c2i_B_256.pt \
+        --tokenizer hf://FoundationVision/LlamaGen/vq_ds16_c2i.pt --label 207 --guidance-scale 4
 
 Writes OUT/sample_0000.png ... and OUT/grid.png. ``--prior`` composes the pipeline from a
 train-prior run (its latest checkpoint, its stored conditioner, layout and grid) and
@@ -47,12 +49,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="sample images from a saved pipeline (PNG files + a grid)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     model = p.add_mutually_exclusive_group(required=True)
-    model.add_argument("--pipeline", metavar="DIR", help="directory written by Pipeline.save "
-                       "(e.g. runs/demo/pipeline, or OUT/pipeline of train-prior)")
+    model.add_argument("--pipeline", metavar="REF", help="directory written by Pipeline.save "
+                       "(e.g. runs/demo/pipeline, or OUT/pipeline of train-prior), a Hub repo "
+                       "owner/name[@rev], or an original prior file (local or hf://owner/name/file.pt; "
+                       "then also --tokenizer)")
     model.add_argument("--prior", metavar="RUN", help="a train-prior run directory (or one of its "
                        "step_* checkpoints)")
     p.add_argument("--tokenizer", metavar="RUN_OR_CKPT", help="with --prior: the tokenizer (default: "
-                   "the one the run was trained with)")
+                   "the one the run was trained with); with an original prior file as --pipeline: its "
+                   "tokenizer file or Hub reference (e.g. hf://FoundationVision/LlamaGen/vq_ds16_c2i.pt)")
+    p.add_argument("--config", metavar="CFG", help="with an original file as --pipeline: its config "
+                   "(LlamaGen preset name or ModelArgs JSON/YAML; taming YAML)")
     p.add_argument("--n", type=int, default=DEFAULT_N, help=f"number of samples (default {DEFAULT_N})")
     p.add_argument("--grid", type=int, nargs=2, metavar=("H", "W"),
                    help="token grid (default: the pipeline's grid)")
@@ -65,6 +72,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, help="maskgit: parallel decoding steps (default 12)")
     p.add_argument("--schedule", choices=("cosine", "linear", "square"), help="maskgit: masking schedule")
     p.add_argument("--label", metavar="NAME|ID", help="class name or id for a class-conditional pipeline")
+    p.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale (with --label; "
+                   "the unconditional branch uses the conditioner's null condition)")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH,
                    help=f"samples per sampler call (default {DEFAULT_BATCH})")
     p.add_argument("--nrow", type=int, help="images per row of grid.png (default: about square)")
@@ -87,8 +96,8 @@ def _check_args(args: argparse.Namespace) -> None:
         parser.error(f"--temperature must be > 0, got {args.temperature}")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         parser.error(f"--top-p must lie in (0, 1], got {args.top_p}")
-    if args.tokenizer is not None and args.prior is None:
-        parser.error("--tokenizer goes with --prior (a pipeline has its own tokenizer)")
+    if args.config is not None and args.pipeline is None:
+        parser.error("--config goes with an original file as --pipeline")
 
 
 def build_sampler(pipeline: Any, args: argparse.Namespace, grid: tuple[int, int]) -> Any:
@@ -96,6 +105,8 @@ def build_sampler(pipeline: Any, args: argparse.Namespace, grid: tuple[int, int]
     import taming_core
 
     options = {k: getattr(args, k, None) for k in SAMPLER_OPTIONS if getattr(args, k, None) is not None}
+    if getattr(args, "guidance_scale", None) is not None:  # absent from hand-made Namespaces
+        options["guidance_scale"] = args.guidance_scale
     name = args.sampler
     block = pipeline.prior.block_size
     cond_len = 1 if pipeline.conditioner is not None else 0
@@ -120,7 +131,19 @@ def build_sampler(pipeline: Any, args: argparse.Namespace, grid: tuple[int, int]
         spec["window"] = min(default_grid)
     if _takes(name, "vocab_limit"):
         spec.setdefault("vocab_limit", pipeline.tokenizer.vocab_size)
+    if spec.get("guidance_scale", 1.0) != 1.0:
+        spec["null_condition"] = _null_condition(pipeline, args.label)
     return taming_core.create("sampler", name, **spec)
+
+
+def _null_condition(pipeline: Any, label: Optional[str]) -> Any:
+    """The guidance null condition: the conditioner's null id in place of each token of
+    --label's condition tokens (shifted like them)."""
+    if label is None or pipeline.conditioner is None or pipeline.conditioner.null_id is None:
+        raise ValueError("--guidance-scale needs --label and a conditioner with a null condition "
+                         "(e.g. class_label with null_token)")
+    tokens = pipeline.condition_tokens(_condition(resolve_label(pipeline, label), 1), 1)
+    return pipeline.conditioner.null_condition(tokens - pipeline.cond_offset) + pipeline.cond_offset
 
 
 def _takes(sampler: str, option: str) -> bool:
@@ -182,8 +205,9 @@ def load_model(args: argparse.Namespace, device: Any) -> Any:
     import taming_core
     from taming_plugins.training.artifacts import pipeline_from_runs
 
-    if args.pipeline is not None:
-        return taming_core.Pipeline.load(args.pipeline, map_location=device)
+    if args.pipeline is not None:  # a saved pipeline, a Hub repo or an original file
+        return taming_core.Pipeline.from_pretrained(args.pipeline, tokenizer=args.tokenizer,
+                                                    config=args.config, map_location=device)
     return pipeline_from_runs(args.prior, args.tokenizer, device=device)
 
 
