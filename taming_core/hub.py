@@ -194,14 +194,15 @@ def load_parts(path: Path, config: Any = None) -> dict[str, Any]:
 
 
 def _pipeline_parts(ref: Any, config: Any, revision: Optional[str], filename: Optional[str],
-                    cache_dir: Any, map_location: Any) -> tuple[Optional["Pipeline"], dict[str, Any]]:
+                    cache_dir: Any, map_location: Any,
+                    verify: bool = True) -> tuple[Optional["Pipeline"], dict[str, Any]]:
     path = resolve(ref, revision=revision, filename=filename, cache_dir=cache_dir)
     if isinstance(config, str) and config.startswith(HUB_SCHEME):  # e.g. a taming YAML on the Hub
         config = resolve(config, cache_dir=cache_dir)
     if _is_saved_pipeline(path):
         from .pipeline import Pipeline
 
-        pipe = Pipeline.load(path, map_location=map_location)
+        pipe = Pipeline.load(path, map_location=map_location, verify=verify)
         pipe.card_info = read_card(path)
         return pipe, {}
     return None, load_parts(path, config)  # a file, or a directory another format reads
@@ -210,7 +211,7 @@ def _pipeline_parts(ref: Any, config: Any, revision: Optional[str], filename: Op
 def load_pipeline(cls: type, ref: Any, *, tokenizer: Any = None, config: Any = None,
                   tokenizer_config: Any = None, revision: Optional[str] = None,
                   filename: Optional[str] = None, cache_dir: Any = None,
-                  map_location: Any = "cpu") -> "Pipeline":
+                  map_location: Any = "cpu", verify: bool = True) -> "Pipeline":
     """``Pipeline.from_pretrained``: see the module doc.
 
     Args:
@@ -221,8 +222,10 @@ def load_pipeline(cls: type, ref: Any, *, tokenizer: Any = None, config: Any = N
         revision, filename: alternatives to writing them into ``ref``.
         cache_dir: Hugging Face cache directory (default: the standard cache).
         map_location: device of the loaded pipeline.
+        verify: check a saved pipeline's recorded SHA-256 sums (``Pipeline.load``); False
+            skips hashing huge weight files.
     """
-    pipe, parts = _pipeline_parts(ref, config, revision, filename, cache_dir, map_location)
+    pipe, parts = _pipeline_parts(ref, config, revision, filename, cache_dir, map_location, verify)
     if pipe is not None:
         if tokenizer is not None or config is not None:
             raise ValidationError("from_pretrained: a saved pipeline brings its own tokenizer and "
@@ -230,7 +233,8 @@ def load_pipeline(cls: type, ref: Any, *, tokenizer: Any = None, config: Any = N
         return pipe
     card = dict(parts.pop("card", {}))
     if tokenizer is not None:
-        tpipe, tparts = _pipeline_parts(tokenizer, tokenizer_config, None, None, cache_dir, map_location)
+        tpipe, tparts = _pipeline_parts(tokenizer, tokenizer_config, None, None, cache_dir, map_location,
+                                        verify)
         if tpipe is not None:  # the tokenizer of a saved pipeline
             tparts = {"tokenizer": tpipe.tokenizer, "card": tpipe.card_info}
         if tparts.get("tokenizer") is None:
@@ -250,10 +254,10 @@ def load_pipeline(cls: type, ref: Any, *, tokenizer: Any = None, config: Any = N
 
 def load_component(ref: Any, role: str, cls: type, *, config: Any = None,
                    revision: Optional[str] = None, filename: Optional[str] = None,
-                   cache_dir: Any = None, map_location: Any = "cpu") -> Any:
+                   cache_dir: Any = None, map_location: Any = "cpu", verify: bool = True) -> Any:
     """``Tokenizer.from_pretrained`` / ``Prior.from_pretrained``: the ``role`` part of a saved
     pipeline or an original file, checked to be a ``cls``."""
-    pipe, parts = _pipeline_parts(ref, config, revision, filename, cache_dir, map_location)
+    pipe, parts = _pipeline_parts(ref, config, revision, filename, cache_dir, map_location, verify)
     obj = getattr(pipe, role) if pipe is not None else parts.get(role)
     if obj is None:
         raise CheckpointError(f"{ref}: holds no {role}")

@@ -205,17 +205,35 @@ class TokenHistoryCache(PriorCache):
         self.ids = torch.zeros(batch_size, max_len, dtype=torch.long, device=device)
         self.length = 0
 
+    @property
+    def batch_size(self) -> int:
+        """Number of sequences the cache holds."""
+        return self.ids.shape[0]
+
+    @property
+    def max_len(self) -> int:
+        """Number of positions allocated."""
+        return self.ids.shape[1]
+
     def reset(self) -> None:
         self.length = 0
 
     def truncate(self, length: int) -> None:
-        self.length = min(self.length, int(length))
+        from .errors import ValidationError
+        if isinstance(length, bool) or not isinstance(length, int) or not 0 <= length <= self.length:
+            raise ValidationError(f"{type(self).__name__}.truncate(length): expected an int in "
+                                  f"[0, {self.length}] (the cached length), got {length!r}")
+        self.length = length
 
     def append(self, tokens: Tensor) -> int:
         """Write Long B×t ``tokens`` after the cached ones; returns their first position."""
-        start = self.length
-        self.ids[:, start:start + tokens.shape[1]] = tokens
-        self.length = start + tokens.shape[1]
+        from .errors import ValidationError
+        start, t = self.length, tokens.shape[1]
+        if start + t > self.max_len:
+            raise ValidationError(f"{type(self).__name__}.append(tokens): the cache holds "
+                                  f"{self.max_len} positions ({start} used), got {t} more")
+        self.ids[:, start:start + t] = tokens
+        self.length = start + t
         return start
 
     @property

@@ -131,7 +131,8 @@ def _spec_of(obj: Any, role: str) -> dict[str, Any]:
                           f"through the registry; create it with taming_core.create/build so the "
                           f"pipeline can be saved")
     spec.pop("kind", None)
-    return spec
+    # Tensors (a sampler's guidance null_condition) are stored as nested lists in JSON.
+    return {k: v.tolist() if isinstance(v, Tensor) else v for k, v in spec.items()}
 
 
 def _accepted_args(kind: str, name: str) -> set[str]:

@@ -33,7 +33,7 @@ from .errors import ValidationError
 from .interfaces import Prior, Sampler
 from .validation import check_positive, check_tensor
 
-__all__ = ["MIN_TEMPERATURE", "SamplingOptions", "check_grid", "check_guidance", "check_token_range",
+__all__ = ["MIN_TEMPERATURE", "SamplingOptions", "as_null_condition", "check_grid", "check_guidance", "check_token_range",
            "expand_batch", "guide", "prefix_condition", "require_family", "samplers_for",
            "stack_null_prefix", "top_k_filter", "top_p_filter"]
 
@@ -77,6 +77,21 @@ def check_guidance(scale: object, null_condition: Optional[Tensor], name: str) -
         raise ValidationError(f"{name}: a scale other than 1.0 needs null_condition (the "
                               "condition of the unconditional branch)")
     return float(scale)
+
+
+def as_null_condition(value: object, name: str) -> Optional[Tensor]:
+    """A sampler's ``null_condition`` as a Long tensor: None, a tensor, or nested lists of
+    ints (the form a saved ``pipeline.json`` stores it in)."""
+    if value is None or isinstance(value, Tensor):
+        return value
+    if isinstance(value, (list, tuple)):
+        try:
+            tensor = torch.tensor(value)
+        except (TypeError, ValueError):
+            tensor = None
+        if tensor is not None and tensor.dtype == torch.long and tensor.dim() >= 1:
+            return tensor
+    raise ValidationError(f"{name}: expected a Long tensor or nested lists of ints, got {value!r}")
 
 
 def guide(logits: Tensor, scale: float) -> Tensor:

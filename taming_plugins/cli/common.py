@@ -9,7 +9,7 @@ from typing import Any, Optional, Union
 
 from taming_plugins.training.runtime import resolve_device, seed_everything
 
-__all__ = ["add_device_flag", "add_run_flags", "add_seed_flag", "apply_run_overrides", "resolve_device",
+__all__ = ["add_device_flag", "add_run_flags", "add_verify_flag", "add_seed_flag", "apply_run_overrides", "resolve_device",
            "check_plugin_options", "resume_option", "seed_everything"]
 
 #: Where a flag's value goes in a run config: ``(section, key)``, or ``(None, key)`` for a
@@ -24,6 +24,12 @@ def add_device_flag(parser: argparse.ArgumentParser) -> None:
 
 def add_seed_flag(parser: argparse.ArgumentParser, default: int = 0) -> None:
     parser.add_argument("--seed", type=int, default=default, help=f"random seed (default {default})")
+
+
+def add_verify_flag(parser: argparse.ArgumentParser) -> None:
+    """``--no-verify``: skip the SHA-256 checks of a saved pipeline (for huge weight files)."""
+    parser.add_argument("--no-verify", dest="verify", action="store_false",
+                        help="do not check the pipeline's recorded SHA-256 sums on load (huge files)")
 
 
 def add_run_flags(parser: argparse.ArgumentParser) -> None:

@@ -69,7 +69,7 @@ from ..priors.llamagen import LlamaGenPrior
 from ..quantizers.vq import DEFAULT_BETA
 from ..tokenizers.vqgan import VQGANTokenizer
 from ._infer import infer_ddconfig
-from ._state import drop_ignored, list_keys, load_exact
+from ._state import drop_ignored, load_exact
 
 log = logging.getLogger(__name__)
 

@@ -26,9 +26,8 @@ import os
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Optional, Union
+from typing import Union
 
-import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 

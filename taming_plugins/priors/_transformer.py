@@ -14,8 +14,12 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from taming_core.errors import ValidationError
+from taming_core.validation import check_positive
 
 #: Hidden width of the MLP relative to ``n_embd`` (minGPT).
 MLP_EXPANSION = 4
@@ -99,6 +103,36 @@ def init_weights(module: nn.Module) -> None:
     elif isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
+
+
+def check_transformer_args(owner: str, *, vocab_size: int, block_size: int, n_layer: int, n_head: int,
+                           n_embd: int, embd_pdrop: float, resid_pdrop: float, attn_pdrop: float) -> None:
+    """One-line errors for a transformer prior's size and dropout arguments."""
+    for value, name in ((vocab_size, "vocab_size"), (block_size, "block_size"),
+                        (n_layer, "n_layer"), (n_head, "n_head"), (n_embd, "n_embd")):
+        check_positive(value, f"{owner}({name})")
+    if n_embd % n_head:
+        raise ValidationError(f"{owner}(n_embd, n_head): n_embd must be divisible by n_head, "
+                              f"got n_embd={n_embd}, n_head={n_head}")
+    for value, name in ((embd_pdrop, "embd_pdrop"), (resid_pdrop, "resid_pdrop"),
+                        (attn_pdrop, "attn_pdrop")):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+            raise ValidationError(f"{owner}({name}): expected a probability in [0, 1), got {value!r}")
+
+
+def build_trunk(model: nn.Module, *, input_vocab: int, output_vocab: int, block_size: int,
+                n_layer: int, n_head: int, n_embd: int, embd_pdrop: float, resid_pdrop: float,
+                attn_pdrop: float, causal: bool) -> None:
+    """Give ``model`` the minGPT trunk under minGPT's names (``tok_emb``, ``pos_emb``,
+    ``drop``, ``blocks``, ``ln_f``, ``head``) and initialise it as minGPT does."""
+    model.tok_emb = nn.Embedding(input_vocab, n_embd)
+    model.pos_emb = nn.Parameter(torch.zeros(1, block_size, n_embd))
+    model.drop = nn.Dropout(embd_pdrop)
+    model.blocks = nn.Sequential(*[Block(n_embd, n_head, attn_pdrop, resid_pdrop, causal=causal)
+                                   for _ in range(n_layer)])
+    model.ln_f = nn.LayerNorm(n_embd)
+    model.head = nn.Linear(n_embd, output_vocab, bias=False)
+    model.apply(init_weights)
 
 
 def linear_decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:

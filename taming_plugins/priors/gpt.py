@@ -19,12 +19,12 @@ import logging
 from typing import Any, Optional
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from taming_core import AutoregressivePrior, PriorCache, ValidationError, register
 from taming_core.validation import check_positive, check_tensor, check_token_ids, embed_tokens
 
-from ._transformer import INIT_STD, MLP_EXPANSION, Block, init_weights, linear_decay_groups
+from ._transformer import INIT_STD, MLP_EXPANSION, Block, build_trunk, check_transformer_args, linear_decay_groups
 
 logger = logging.getLogger(__name__)
 
@@ -88,29 +88,18 @@ class GPT(AutoregressivePrior):
                  n_embd: int = 256, embd_pdrop: float = 0.0, resid_pdrop: float = 0.0,
                  attn_pdrop: float = 0.0, n_unmasked: int = 0) -> None:
         super().__init__()
-        for value, name in ((vocab_size, "vocab_size"), (block_size, "block_size"),
-                            (n_layer, "n_layer"), (n_head, "n_head"), (n_embd, "n_embd")):
-            check_positive(value, f"gpt({name})")
+        check_transformer_args("gpt", vocab_size=vocab_size, block_size=block_size, n_layer=n_layer,
+                               n_head=n_head, n_embd=n_embd, embd_pdrop=embd_pdrop,
+                               resid_pdrop=resid_pdrop, attn_pdrop=attn_pdrop)
         check_positive(n_unmasked, "gpt(n_unmasked)", allow_zero=True)
-        if n_embd % n_head:
-            raise ValidationError(f"gpt(n_embd, n_head): n_embd must be divisible by n_head, "
-                                  f"got n_embd={n_embd}, n_head={n_head}")
-        for value, name in ((embd_pdrop, "embd_pdrop"), (resid_pdrop, "resid_pdrop"),
-                            (attn_pdrop, "attn_pdrop")):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-                raise ValidationError(f"gpt({name}): expected a probability in [0, 1), got {value!r}")
         self._config: dict[str, Any] = dict(
             vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=n_head,
             n_embd=n_embd, embd_pdrop=float(embd_pdrop), resid_pdrop=float(resid_pdrop),
             attn_pdrop=float(attn_pdrop), n_unmasked=n_unmasked)
-        self.tok_emb = nn.Embedding(vocab_size, n_embd)
-        self.pos_emb = nn.Parameter(torch.zeros(1, block_size, n_embd))
-        self.drop = nn.Dropout(embd_pdrop)
-        self.blocks = nn.Sequential(*[Block(n_embd, n_head, attn_pdrop, resid_pdrop, causal=True)
-                                      for _ in range(n_layer)])
-        self.ln_f = nn.LayerNorm(n_embd)
-        self.head = nn.Linear(n_embd, vocab_size, bias=False)
-        self.apply(init_weights)
+        build_trunk(self, input_vocab=vocab_size, output_vocab=vocab_size,
+                    block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+                    embd_pdrop=embd_pdrop, resid_pdrop=resid_pdrop, attn_pdrop=attn_pdrop,
+                    causal=True)
 
     # ------------------------------------------------------------------ properties
     @property

@@ -24,12 +24,12 @@ from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from taming_core import MaskedPrior, ValidationError, register
-from taming_core.validation import check_positive, check_tensor, embed_tokens, token_range_error
+from taming_core.validation import check_tensor, embed_tokens, token_range_error
 
-from ._transformer import Block, init_weights, linear_decay_groups
+from ._transformer import build_trunk, check_transformer_args, linear_decay_groups
 
 __all__ = ["MaskGIT", "cosine_mask_ratio"]
 
@@ -56,28 +56,17 @@ class MaskGIT(MaskedPrior):
                  n_embd: int = 256, embd_pdrop: float = 0.0, resid_pdrop: float = 0.0,
                  attn_pdrop: float = 0.0) -> None:
         super().__init__()
-        for value, name in ((vocab_size, "vocab_size"), (block_size, "block_size"),
-                            (n_layer, "n_layer"), (n_head, "n_head"), (n_embd, "n_embd")):
-            check_positive(value, f"maskgit({name})")
-        if n_embd % n_head:
-            raise ValidationError(f"maskgit(n_embd, n_head): n_embd must be divisible by n_head, "
-                                  f"got n_embd={n_embd}, n_head={n_head}")
-        for value, name in ((embd_pdrop, "embd_pdrop"), (resid_pdrop, "resid_pdrop"),
-                            (attn_pdrop, "attn_pdrop")):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-                raise ValidationError(f"maskgit({name}): expected a probability in [0, 1), got {value!r}")
+        check_transformer_args("maskgit", vocab_size=vocab_size, block_size=block_size, n_layer=n_layer,
+                               n_head=n_head, n_embd=n_embd, embd_pdrop=embd_pdrop,
+                               resid_pdrop=resid_pdrop, attn_pdrop=attn_pdrop)
         self._config: dict[str, Any] = dict(
             vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=n_head,
             n_embd=n_embd, embd_pdrop=float(embd_pdrop), resid_pdrop=float(resid_pdrop),
             attn_pdrop=float(attn_pdrop))
-        self.tok_emb = nn.Embedding(vocab_size + 1, n_embd)  # + the mask token
-        self.pos_emb = nn.Parameter(torch.zeros(1, block_size, n_embd))
-        self.drop = nn.Dropout(embd_pdrop)
-        self.blocks = nn.Sequential(*[Block(n_embd, n_head, attn_pdrop, resid_pdrop, causal=False)
-                                      for _ in range(n_layer)])
-        self.ln_f = nn.LayerNorm(n_embd)
-        self.head = nn.Linear(n_embd, vocab_size, bias=False)
-        self.apply(init_weights)
+        build_trunk(self, input_vocab=vocab_size + 1, output_vocab=vocab_size,  # + the mask token
+                    block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+                    embd_pdrop=embd_pdrop, resid_pdrop=resid_pdrop, attn_pdrop=attn_pdrop,
+                    causal=False)
 
     # ------------------------------------------------------------------ properties
     @property

@@ -33,39 +33,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from taming_core import AutoregressivePrior, PriorCache, ValidationError, register
+from taming_core import AutoregressivePrior, PriorCache, TokenHistoryCache, ValidationError, register
 from taming_core.validation import check_positive, check_tensor, embed_tokens
 
 __all__ = ["GatedPixelCNN", "PixelCNNCache"]
 
 
-class PixelCNNCache(PriorCache):
-    """The tokens seen so far (B×max_len); :meth:`GatedPixelCNN.forward_cached` recomputes
-    the network from them (a convolution stack keeps no incremental state here)."""
-
-    def __init__(self, batch_size: int, max_len: int, device: Optional[torch.device] = None) -> None:
-        self.tokens = torch.zeros(batch_size, max_len, dtype=torch.long, device=device)
-        self.length = 0
-
-    @property
-    def batch_size(self) -> int:
-        """Number of sequences the cache holds."""
-        return self.tokens.shape[0]
-
-    @property
-    def max_len(self) -> int:
-        """Number of positions allocated."""
-        return self.tokens.shape[1]
-
-    def reset(self) -> None:
-        self.length = 0
-
-    def truncate(self, length: int) -> None:
-        check_positive(length, "PixelCNNCache.truncate(length)", allow_zero=True)
-        if length > self.length:
-            raise ValidationError(f"PixelCNNCache.truncate(length): expected at most the cached "
-                                  f"length {self.length}, got {length}")
-        self.length = length
+class PixelCNNCache(TokenHistoryCache):
+    """The tokens seen so far; :meth:`GatedPixelCNN.forward_cached` recomputes the network
+    from them (a convolution stack keeps no incremental state here)."""
 
 
 def _gate(x: Tensor) -> Tensor:
@@ -226,16 +202,11 @@ class GatedPixelCNN(AutoregressivePrior):
             raise ValidationError(f"pixelcnn.forward_cached(cache): expected a PixelCNNCache from "
                                   f"pixelcnn.new_cache(), got {type(cache).__name__}")
         check_tensor(tokens, "pixelcnn.forward_cached(tokens)", dims=(cache.batch_size, "T"), dtype="long")
-        start, t = cache.length, tokens.shape[1]
-        if start + t > cache.max_len:
-            raise ValidationError(f"pixelcnn.forward_cached(tokens): the cache holds {cache.max_len} "
-                                  f"positions ({start} used), got {t} more")
-        if start + t < self.prefix_len:
+        if cache.length + tokens.shape[1] < self.prefix_len:
             raise ValidationError(f"pixelcnn.forward_cached(tokens): the first call must give the "
-                                  f"{self.prefix_len} condition tokens, got {start + t}")
-        cache.tokens[:, start:start + t] = tokens
-        cache.length = start + t
-        return self.forward(cache.tokens[:, :start + t])[:, start:]
+                                  f"{self.prefix_len} condition tokens, got {cache.length + tokens.shape[1]}")
+        start = cache.append(tokens)
+        return self.forward(cache.tokens)[:, start:]
 
     def extra_repr(self) -> str:
         c = self._config

@@ -14,9 +14,9 @@ import torch
 from taming_core import Prior, ValidationError
 from taming_core.interfaces import ProgressCallback
 from taming_core.ops import fast_decoding
-from taming_core.sampling import (check_grid, check_guidance, check_token_range,  # noqa: F401
-                                  expand_batch, guide, prefix_condition, require_family,
-                                  samplers_for, stack_null_prefix)
+from taming_core.sampling import (as_null_condition, check_grid, check_guidance,  # noqa: F401
+                                  check_token_range, expand_batch, guide, prefix_condition,
+                                  require_family, samplers_for, stack_null_prefix)
 from taming_core.validation import check_positive
 
 

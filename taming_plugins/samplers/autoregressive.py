@@ -15,7 +15,7 @@ from taming_core import Prior, Sampler, ValidationError, register
 from taming_core.interfaces import ProgressCallback
 from taming_core.validation import check_positive
 
-from ._common import (check_grid, check_guidance, check_prior, check_progress, check_sos,
+from ._common import (as_null_condition, check_grid, check_guidance, check_prior, check_progress, check_sos,
                       guide, prefix_condition, prior_device, sampling_mode, stack_null_prefix)
 from ._filtering import SamplingOptions
 
@@ -46,6 +46,7 @@ class AutoregressiveSampler(Sampler):
                  sos_token: Optional[int] = None, vocab_limit: Optional[int] = None,
                  progress: Optional[ProgressCallback] = None) -> None:
         self.options = SamplingOptions(temperature, top_k, top_p, greedy, vocab_limit)
+        null_condition = as_null_condition(null_condition, "autoregressive(null_condition)")
         self.guidance_scale = check_guidance(guidance_scale, null_condition,
                                              "autoregressive(guidance_scale)")
         self.null_condition = null_condition

@@ -34,7 +34,7 @@ from taming_core import InpaintingSampler, MaskedPrior, ValidationError, registe
 from taming_core.interfaces import ProgressCallback
 from taming_core.validation import check_choice, check_positive, check_tensor
 
-from ._common import (check_grid, check_guidance, check_prior, check_progress, check_sos,
+from ._common import (as_null_condition, check_grid, check_guidance, check_prior, check_progress, check_sos,
                       check_token_range, expand_batch, guide, prefix_condition, prior_device,
                       sampling_mode, stack_null_prefix)
 from ._filtering import SamplingOptions
@@ -112,6 +112,7 @@ class MaskGITSampler(InpaintingSampler):
         self.schedule = schedule
         self.choice_temperature = float(choice_temperature)
         self.options = SamplingOptions(temperature, top_k, top_p, greedy, vocab_limit)
+        null_condition = as_null_condition(null_condition, "maskgit(null_condition)")
         self.guidance_scale = check_guidance(guidance_scale, null_condition, "maskgit(guidance_scale)")
         self.null_condition = null_condition
         check_sos(sos_token, "maskgit(sos_token)")

@@ -45,7 +45,7 @@ from taming_core import Prior, PriorCache, Sampler, ValidationError, register
 from taming_core.interfaces import ProgressCallback
 from taming_core.validation import check_choice, check_positive, check_tensor
 
-from ._common import (check_grid, check_guidance, check_prior, check_progress, check_sos,
+from ._common import (as_null_condition, check_grid, check_guidance, check_prior, check_progress, check_sos,
                       check_token_range, expand_batch, guide, prefix_condition, prior_device,
                       sampling_mode, stack_null_prefix)
 from ._filtering import SamplingOptions
@@ -126,6 +126,7 @@ class SlidingWindowSampler(Sampler):
         self.policy = policy
         self.stride = stride if stride is not None else max(window // 2, 1)
         self.options = SamplingOptions(temperature, top_k, top_p, greedy, vocab_limit)
+        null_condition = as_null_condition(null_condition, "sliding_window(null_condition)")
         self.guidance_scale = check_guidance(guidance_scale, null_condition,
                                              "sliding_window(guidance_scale)")
         self.null_condition = null_condition

@@ -42,6 +42,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch

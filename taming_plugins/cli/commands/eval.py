@@ -30,7 +30,7 @@ import shlex
 import sys
 from typing import Any
 
-from ..common import add_device_flag, add_seed_flag, resolve_device, seed_everything
+from ..common import add_device_flag, add_seed_flag, add_verify_flag, resolve_device, seed_everything
 
 DEFAULT_SIZE = 256
 #: Below this many images FID values are noticeably biased by the count.
@@ -46,6 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     model = p.add_mutually_exclusive_group(required=True)
     model.add_argument("--tokenizer", metavar="PATH", help="tokenizer checkpoint (ours or original .ckpt)")
     model.add_argument("--pipeline", metavar="DIR", help="pipeline directory (taming_core.Pipeline.load)")
+    add_verify_flag(p)
     p.add_argument("--data", required=True, metavar="SPEC",
                    help="photos, fashion-mnist or an image folder")
     p.add_argument("--metrics", default=None,
@@ -84,11 +85,11 @@ def load_tokenizer(path: str) -> Any:
     return load_frozen_tokenizer(path)
 
 
-def load_pipeline(path: str) -> Any:
+def load_pipeline(path: str, verify: bool = True) -> Any:
     """A pipeline saved with ``Pipeline.save`` (loaded by ``taming_core.Pipeline.load``)."""
     import taming_core
 
-    return taming_core.Pipeline.load(path)
+    return taming_core.Pipeline.load(path, verify=verify)
 
 
 def _metrics(args: argparse.Namespace) -> tuple[str, ...]:
@@ -181,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
         lpips, reason = load_lpips(device, backbone_path=args.lpips_backbone)
         if lpips is None:
             raise ValidationError(f"--lpips-backbone: {reason}")
-    model = load_tokenizer(args.tokenizer) if args.tokenizer else load_pipeline(args.pipeline)
+    model = load_tokenizer(args.tokenizer) if args.tokenizer else load_pipeline(args.pipeline, args.verify)
     size, origin = (args.size, "--size") if args.size is not None else default_size(
         model, args.tokenizer or args.pipeline)
     args.size = size

@@ -30,7 +30,7 @@ from torch import Tensor
 from taming_core import Tokenizer
 from taming_plugins.eval.evaluate import ReconstructionModel
 
-from ..common import add_device_flag, add_seed_flag, resolve_device, seed_everything
+from ..common import add_device_flag, add_seed_flag, add_verify_flag, resolve_device, seed_everything
 
 DEFAULT_SIZE = 256
 DEFAULT_NUM_IMAGES = 64
@@ -50,6 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     model = p.add_mutually_exclusive_group(required=True)
     model.add_argument("--pipeline", metavar="DIR", help="directory written by Pipeline.save")
+    add_verify_flag(p)
     model.add_argument("--tokenizer", metavar="PATH", help="stage-1 run/checkpoint directory, a "
                        "`taming convert` directory or an original taming .ckpt")
     p.add_argument("--input", required=True, metavar="FOLDER_OR_SPEC",
@@ -117,7 +118,7 @@ def _load_model(args: argparse.Namespace, device: torch.device) -> tuple[Any, An
     if args.pipeline:
         import taming_core
 
-        pipeline = taming_core.Pipeline.load(args.pipeline, map_location=device)
+        pipeline = taming_core.Pipeline.load(args.pipeline, map_location=device, verify=args.verify)
         return pipeline, pipeline.tokenizer
     from taming_plugins.training.artifacts import load_frozen_tokenizer
 

@@ -28,11 +28,10 @@ import argparse
 import logging
 import sys
 import time
-from pathlib import Path
 from typing import Any, Optional
 
-from ..common import (add_device_flag, add_seed_flag, check_plugin_options, resolve_device,
-                      seed_everything)
+from ..common import (add_device_flag, add_seed_flag, add_verify_flag, check_plugin_options,
+                      resolve_device, seed_everything)
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "(e.g. runs/demo/pipeline, or OUT/pipeline of train-prior), a Hub repo "
                        "owner/name[@rev], or an original prior file (local or hf://owner/name/file.pt; "
                        "then also --tokenizer)")
+    add_verify_flag(p)
     model.add_argument("--prior", metavar="RUN", help="a train-prior run directory (or one of its "
                        "step_* checkpoints)")
     p.add_argument("--tokenizer", metavar="RUN_OR_CKPT", help="with --prior: the tokenizer (default: "
@@ -207,7 +207,8 @@ def load_model(args: argparse.Namespace, device: Any) -> Any:
 
     if args.pipeline is not None:  # a saved pipeline, a Hub repo or an original file
         return taming_core.Pipeline.from_pretrained(args.pipeline, tokenizer=args.tokenizer,
-                                                    config=args.config, map_location=device)
+                                                    config=args.config, map_location=device,
+                                                    verify=args.verify)
     return pipeline_from_runs(args.prior, args.tokenizer, device=device)
 
 
@@ -215,7 +216,6 @@ def run(args: argparse.Namespace) -> int:
     _check_args(args)
     import torch
 
-    import taming_core
     from taming_plugins.training.artifacts import save_image_grid
 
     from tqdm.auto import tqdm
