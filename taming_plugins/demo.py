@@ -510,6 +510,7 @@ SUMMARY_ROWS = (
     ("worst edge / interior error", "worst_edge_ratio", "{:.2f}"),
     ("sliding-window edge / interior (<= 1.5)", "sliding_edge_ratio", "{:.2f}"),
     ("sliding-window worst edge shift (std)", "sliding_worst_edge_shift", "{:.2f}"),
+    ("  the same of real held-out crops (reference)", "reference_worst_edge_shift", "{:.2f}"),
     ("sample FID vs held-out crops (few images!)", "sample_fid", "{:.1f}"),
     ("codebook usage (%)", "codebook_usage_pct", "{:.1f}"),
     ("codebook perplexity", "codebook_perplexity", "{:.1f}"),

@@ -243,6 +243,9 @@ def test_picture_figures_report_colours_borders_and_why_no_fid():
     figs = picture_figures(x, shifted, x[:2], x[:1], ring=4, fid=False)
     assert figs["colour_err"] > 0.03 and 0.5 < figs["border_ratio"] < 1.5
     assert 0 < figs["samples_edge_ratio"] and 0 < figs["sliding_edge_ratio"]
+    same = picture_figures(x, x, x, None, ring=4, fid=False)  # real crops as samples: reference level
+    assert same["reference_edge_ratio"] == same["samples_edge_ratio"] > 0
+    assert same["reference_worst_edge_shift"] == same["samples_worst_edge_shift"] > 0
     assert figs["sample_fid_note"] == "not computed: disabled in the config"
     assert picture_figures(x, x, x[:2], None, ring=4, fid=False)["colour_err"] == 0
     assert "differ in size" in sample_fid(x, x[:, :, :8, :8])["sample_fid_note"]

@@ -241,6 +241,9 @@ def original_params(tokenizer: VQGANTokenizer,
     if tokenizer.padding_mode != "zeros":
         raise ConfigError(f"save_taming_checkpoint: the original code pads with zeros only, this "
                           f"tokenizer with {tokenizer.padding_mode!r} (padding_mode)")
+    if tokenizer.downsample_padding != "original":
+        raise ConfigError(f"save_taming_checkpoint: the original code pads right/bottom before "
+                          f"downsampling, this tokenizer {tokenizer.downsample_padding!r} (downsample_padding)")
     q = tokenizer.quantize
     dd = tokenizer.ddconfig
     params: dict[str, Any] = {"embed_dim": tokenizer.embed_dim, "n_embed": tokenizer.vocab_size,

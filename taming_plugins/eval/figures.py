@@ -14,6 +14,10 @@ large (sliding-window) sample and returns:
   ``samples_worst_edge_shift`` / ``sliding_worst_edge_shift`` — the largest shift of
   one edge band's mean brightness from the interior's, in interior standard deviations
   (:func:`~.metrics.worst_edge_shift`): a light line along one edge shows here;
+* ``reference_edge_ratio`` / ``reference_worst_edge_shift`` — the same two statistics
+  of the real held-out crops (same ring): photos' edges differ from their interiors by
+  chance too (the max over four edges of a per-image shift is never 0), so a sample's
+  figure means "frame" only when it is clearly above the real crops' level;
 * ``sample_fid`` — FID of the samples against the held-out images (when the ``eval``
   extra is installed), with ``sample_fid_note`` saying how many images it rests on: at
   a few dozen images FID is strongly biased upwards, so compare it only at equal counts.
@@ -45,6 +49,8 @@ def picture_figures(inputs: Tensor, reconstructions: Tensor, samples: Tensor, sl
         "samples_edge_ratio": round(float(edge_interior_ratio(samples.float().cpu(), ring=ring).mean()), 3),
     }
     out["samples_worst_edge_shift"] = round(float(worst_edge_shift(samples.float().cpu(), ring=ring).mean()), 3)
+    out["reference_edge_ratio"] = round(float(edge_interior_ratio(x, ring=ring).mean()), 3)
+    out["reference_worst_edge_shift"] = round(float(worst_edge_shift(x, ring=ring).mean()), 3)
     if sliding is not None:
         out["sliding_edge_ratio"] = round(float(edge_interior_ratio(sliding.float().cpu(), ring=ring).mean()), 3)
         out["sliding_worst_edge_shift"] = round(float(worst_edge_shift(sliding.float().cpu(), ring=ring).mean()), 3)

@@ -34,6 +34,9 @@ NORM_GROUPS = 32
 NORM_EPS = 1e-6
 #: Zero padding (left, right, top, bottom) before the stride-2 downsampling conv.
 DOWNSAMPLE_PAD = (0, 1, 0, 1)
+#: Symmetric alternative (``downsample_padding: symmetric``): one pixel on every side,
+#: same output size for even inputs, no right/bottom bias.
+DOWNSAMPLE_PAD_SYMMETRIC = (1, 1, 1, 1)
 #: Spatial factor of one down/up sampling step.
 RESAMPLE_FACTOR = 2
 
@@ -101,6 +104,33 @@ class AttnBlock(nn.Module):
         return x + self.proj_out(out)
 
 
+#: Downsampling choices of :func:`set_downsample_padding` ("original" is the original).
+DOWNSAMPLE_PADDINGS = ("original", "symmetric", "centered")
+
+
+def set_downsample_padding(module: nn.Module, padding: str) -> None:
+    """How every :class:`Downsample` of ``module`` pads around its 3×3 conv.
+
+    * ``"original"``: pad right/bottom by one (0, 1, 0, 1), stride-2 conv. Output
+      pixel ``i`` sees input rows ``2i .. 2i+2``; the padding is seen only at the
+      right/bottom edge, and a small model learns a light line there.
+    * ``"symmetric"``: pad one pixel on every side, stride-2 conv (same output size).
+      On even sizes the bottom/right pad is never read (output ``i`` sees rows
+      ``2i-1 .. 2i+1``), so this only moves the asymmetry to the top/left edge.
+    * ``"centered"``: 2×2 average pooling, then the 3×3 conv at stride 1 with one
+      pixel of padding on every side: each output is centred on its 2×2 input cell,
+      so the operation commutes with flips (for a flip-symmetric kernel). Same
+      weights; the conv runs on the pooled grid, so the cost is about the same.
+    """
+    if padding not in DOWNSAMPLE_PADDINGS:
+        raise ConfigError(f"vqgan(downsample_padding): expected one of {', '.join(DOWNSAMPLE_PADDINGS)}, "
+                          f"got {padding!r}")
+    for sub in module.modules():
+        if isinstance(sub, Downsample):
+            sub.pad = DOWNSAMPLE_PAD if padding == "original" else DOWNSAMPLE_PAD_SYMMETRIC
+            sub.centered = padding == "centered"
+
+
 #: Padding modes of :func:`set_padding_mode` ("zeros" is the original).
 PADDING_MODES = ("zeros", "reflect", "replicate")
 
@@ -131,13 +161,21 @@ class Downsample(nn.Module):
             nn.Conv2d(channels, channels, kernel_size=3, stride=RESAMPLE_FACTOR, padding=0)
             if with_conv else None)
         self.pad_mode = "constant"  # the original zero pad; see set_padding_mode
+        self.pad = DOWNSAMPLE_PAD  # the original right/bottom pad; see set_downsample_padding
+        self.centered = False      # pool first, then a stride-1 conv; see set_downsample_padding
 
     def forward(self, x: Tensor) -> Tensor:
         if self.conv is None:
             return F.avg_pool2d(x, kernel_size=RESAMPLE_FACTOR, stride=RESAMPLE_FACTOR)
+        if self.centered:
+            x = F.avg_pool2d(x, kernel_size=RESAMPLE_FACTOR, stride=RESAMPLE_FACTOR)
         if self.pad_mode == "constant":
-            return self.conv(F.pad(x, DOWNSAMPLE_PAD, mode="constant", value=0.0))
-        return self.conv(F.pad(x, DOWNSAMPLE_PAD, mode=self.pad_mode))
+            x = F.pad(x, self.pad, mode="constant", value=0.0)
+        else:
+            x = F.pad(x, self.pad, mode=self.pad_mode)
+        if self.centered:
+            return F.conv2d(x, self.conv.weight, self.conv.bias, stride=1)
+        return self.conv(x)
 
 
 class Upsample(nn.Module):

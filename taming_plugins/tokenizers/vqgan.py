@@ -45,7 +45,7 @@ from taming_core.errors import ConfigError, ValidationError
 from taming_core.validation import (check_divisible, check_int_sequence, check_positive,
                                     check_quantizer_output, check_tensor)
 
-from ._vqgan_modules import RESAMPLE_FACTOR, Decoder, Encoder, set_padding_mode
+from ._vqgan_modules import RESAMPLE_FACTOR, Decoder, Encoder, set_downsample_padding, set_padding_mode
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,12 @@ class VQGANTokenizer(Tokenizer):
             avoid the line the original's right/bottom zero pad leaves along those edges
             of small images (see ``set_padding_mode``). Only ``"zeros"`` exports to the
             original format.
+        downsample_padding: ``"original"`` (pad right/bottom before each stride-2
+            conv), ``"symmetric"`` (pad every side: on even sizes only the top/left pad
+            is read) or ``"centered"`` (2×2 average, then the 3×3 conv at stride 1:
+            no edge is favoured; removes the light right/bottom line of small demo
+            models), see ``set_downsample_padding``. Only ``"original"`` exports to the
+            original format.
     """
 
     def __init__(self, *, ch: int = 128, ch_mult: Sequence[int] = (1, 1, 2, 2, 4),
@@ -109,7 +115,7 @@ class VQGANTokenizer(Tokenizer):
                  quantizer: Optional[QuantizerSpec] = None,
                  n_embed: Optional[int] = None, quant_conv_channels: Optional[int] = None,
                  grad_checkpointing: bool = False, channels_last: bool = False,
-                 padding_mode: str = "zeros") -> None:
+                 padding_mode: str = "zeros", downsample_padding: str = "original") -> None:
         super().__init__()
         for name, value in (("ch", ch), ("num_res_blocks", num_res_blocks), ("z_channels", z_channels),
                             ("in_channels", in_channels), ("out_ch", out_ch),
@@ -151,6 +157,8 @@ class VQGANTokenizer(Tokenizer):
         set_padding_mode(self.encoder, padding_mode)
         set_padding_mode(self.decoder, padding_mode)
         self.padding_mode = padding_mode
+        set_downsample_padding(self.encoder, downsample_padding)
+        self.downsample_padding = downsample_padding
         self._downsample = RESAMPLE_FACTOR ** (len(ch_mult) - 1)
         self.channels_last = bool(channels_last)
         if self.channels_last:
@@ -210,6 +218,8 @@ class VQGANTokenizer(Tokenizer):
             cfg["n_embed"] = self._n_embed
         if self.padding_mode != "zeros":
             cfg["padding_mode"] = self.padding_mode
+        if self.downsample_padding != "original":
+            cfg["downsample_padding"] = self.downsample_padding
         return cfg
 
     # ------------------------------------------------------------------ encoding

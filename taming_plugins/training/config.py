@@ -155,6 +155,8 @@ class OptimConfig(Section):
         betas: Adam/AdamW betas.
         weight_decay: weight decay (stage 2: on the prior's ``parameter_groups``).
         warmup_steps: linear learning-rate warm-up over this many steps (0: none).
+        lr_decay: ``"none"`` (constant after warm-up) or ``"cosine"`` (cosine decay from
+            the end of warm-up to 0 at ``train.steps``).
         grad_clip: max global gradient norm (None: no clipping).
         bf16: bfloat16 autocast for the forward passes.
         fused: Adam kernels: ``auto`` (fused on CUDA, foreach on CPU) or false.
@@ -166,6 +168,7 @@ class OptimConfig(Section):
     betas: tuple[float, float] = (0.5, 0.9)
     weight_decay: float = 0.0
     warmup_steps: int = 0
+    lr_decay: str = "none"
     grad_clip: Optional[float] = None
     bf16: bool = False
     fused: Any = "auto"
@@ -179,6 +182,12 @@ class OptimConfig(Section):
         _positive(self, path, ("learning_rate", "grad_clip"), optional=True, integer=False)
         _positive(self, path, ("weight_decay",), allow_zero=True, integer=False)
         _positive(self, path, ("warmup_steps",), allow_zero=True)
+        if self.lr_decay not in LR_DECAYS:
+            raise ConfigError(f"{path}.lr_decay: expected one of {', '.join(LR_DECAYS)}, got {self.lr_decay!r}")
+
+
+#: Learning-rate decays of ``optim.lr_decay``.
+LR_DECAYS = ("none", "cosine")
 
 
 @dataclass

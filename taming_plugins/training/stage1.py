@@ -126,6 +126,8 @@ class TokenizerTrainer(Trainer):
         self._init_run(train, best_metric=train.best_metric)
         self.val_every = int(train.val_every)
         self.optim_warmup = int(optim.warmup_steps)
+        self.optim_decay = str(optim.lr_decay)
+        self.optim_total_steps = int(train.steps)
         self.lr = learning_rate(optim.to_dict(), int(data.batch_size), self.world_size)
         fast = fast_optimizer_kwargs(self.device, optim.fused)
         adam = dict(lr=self.lr, betas=optim.betas, weight_decay=optim.weight_decay, **fast)

@@ -34,6 +34,7 @@ optional except ``tokenizer`` (defaults below)::
       betas: [0.5, 0.9]   # Adam, for both the tokenizer and the discriminator
       weight_decay: 0.0
       warmup_steps: 0     # linear LR warm-up
+      lr_decay: none      # or cosine: to 0 at train.steps after the warm-up
       accumulate_grad_batches: 1
       grad_clip: null     # max global grad norm (each optimizer separately)
       ema_decay: null     # e.g. 0.999: keep an EMA of the tokenizer weights (used for validation)

@@ -147,6 +147,8 @@ class PriorTrainer(Trainer):
         seed_everything(int(train.seed))  # the prior's initial weights depend on the seed only
         self.prior = self._build_prior().to(self.device)
         self.optim_warmup = int(cfg.optim.warmup_steps)
+        self.optim_decay = str(cfg.optim.lr_decay)
+        self.optim_total_steps = int(cfg.train.steps)
         self.lr = float(cfg.optim.learning_rate)  # type: ignore[arg-type]
         self.optimizer = with_fast_kernels(
             torch.optim.AdamW(self.prior.parameter_groups(float(cfg.optim.weight_decay)), lr=self.lr,

@@ -28,6 +28,7 @@ value checks; a NaN/Inf they would have refused reaches the loss and the guard).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 from collections.abc import Iterator, Mapping
@@ -263,11 +264,20 @@ class Trainer:
 
     # ------------------------------------------------------------------ shared pieces
     def lr_at(self, step: int) -> float:
-        """``self.lr`` with linear warm-up over ``optim.warmup_steps``."""
+        """``self.lr`` with linear warm-up over ``optim.warmup_steps``, then the
+        ``optim.lr_decay`` (cosine: to 0 at ``optim_total_steps``)."""
         warm = int(self.optim_warmup)
-        return self.lr * min(1.0, (step + 1) / warm) if warm else self.lr
+        if warm and step < warm:
+            return self.lr * (step + 1) / warm
+        total = int(self.optim_total_steps)
+        if self.optim_decay == "cosine" and total > warm:
+            done = min(1.0, (step - warm) / (total - warm))
+            return self.lr * 0.5 * (1.0 + math.cos(math.pi * done))
+        return self.lr
 
     optim_warmup: int = 0
+    optim_decay: str = "none"
+    optim_total_steps: int = 0
 
     def set_lr(self, step: int) -> None:
         lr = self.lr_at(step)
