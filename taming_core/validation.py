@@ -226,6 +226,19 @@ def component_label(obj: object, kind: str) -> str:
     return f"{kind} {name!r} ({cls})" if isinstance(name, str) else f"{kind} {cls}"
 
 
+def _describe(value: object) -> str:
+    """``dtype of shape (...)`` for a tensor, else the type's name (for error messages)."""
+    if isinstance(value, torch.Tensor):
+        return f"{value.dtype} of shape {tuple(value.shape)}"
+    return type(value).__name__
+
+
+def _is_id_tensor(value: object, shape: tuple[int, ...]) -> bool:
+    """An integer (not bool) tensor of exactly ``shape``: what token ids must be."""
+    return isinstance(value, torch.Tensor) and not value.dtype.is_floating_point \
+        and not value.dtype.is_complex and value.dtype != torch.bool and tuple(value.shape) == shape
+
+
 def check_quantizer_output(out: object, z: "torch.Tensor", quantizer: object,
                            num_levels: int = 1) -> None:
     """Cheap boundary check of what a quantizer returned for latent ``z`` (B×C×H×W):
@@ -237,20 +250,13 @@ def check_quantizer_output(out: object, z: "torch.Tensor", quantizer: object,
         raise ValidationError(f"{who} returned {type(out).__name__}; expected a QuantizerOutput")
     if not isinstance(out.z_q, torch.Tensor) or out.z_q.shape != z.shape \
             or not out.z_q.dtype.is_floating_point:
-        got = f"{out.z_q.dtype} of shape {tuple(out.z_q.shape)}" if isinstance(out.z_q, torch.Tensor) \
-            else type(out.z_q).__name__
-        raise ValidationError(f"{who} returned z_q {got}; expected a float tensor of the input's "
-                              f"shape {tuple(z.shape)}")
+        raise ValidationError(f"{who} returned z_q {_describe(out.z_q)}; expected a float tensor of "
+                              f"the input's shape {tuple(z.shape)}")
     b, _, h, w = z.shape
     want = (b, h, w) + ((num_levels,) if num_levels > 1 else ())
-    idx = out.indices
-    ok = isinstance(idx, torch.Tensor) and not idx.dtype.is_floating_point \
-        and not idx.dtype.is_complex and idx.dtype != torch.bool and tuple(idx.shape) == want
-    if not ok:
-        got = f"{idx.dtype} of shape {tuple(idx.shape)}" if isinstance(idx, torch.Tensor) \
-            else type(idx).__name__
-        raise ValidationError(f"{who} returned indices {got}; expected an integer (Long) tensor "
-                              f"of shape {'×'.join(map(str, want))}")
+    if not _is_id_tensor(out.indices, want):
+        raise ValidationError(f"{who} returned indices {_describe(out.indices)}; expected an integer "
+                              f"(Long) tensor of shape {'×'.join(map(str, want))}")
 
 
 def check_token_grid(tokens: object, batch_size: int, grid: Sequence[int], component: object,
@@ -258,13 +264,9 @@ def check_token_grid(tokens: object, batch_size: int, grid: Sequence[int], compo
     """Cheap boundary check of a token grid a component returned: an integer tensor of
     shape ``batch_size×H×W`` (shape and dtype only, no device synchronisation)."""
     want = (batch_size, *(int(g) for g in grid))
-    ok = isinstance(tokens, torch.Tensor) and not tokens.dtype.is_floating_point \
-        and not tokens.dtype.is_complex and tokens.dtype != torch.bool and tuple(tokens.shape) == want
-    if not ok:
-        got = f"{tokens.dtype} of shape {tuple(tokens.shape)}" if isinstance(tokens, torch.Tensor) \
-            else type(tokens).__name__
-        raise ValidationError(f"{component_label(component, kind)} returned {got}; expected "
-                              f"Long token ids of shape {'×'.join(map(str, want))}")
+    if not _is_id_tensor(tokens, want):
+        raise ValidationError(f"{component_label(component, kind)} returned {_describe(tokens)}; "
+                              f"expected Long token ids of shape {'×'.join(map(str, want))}")
 
 
 def token_range_error(tokens: "torch.Tensor", vocab_size: int, name: str) -> ValidationError:
