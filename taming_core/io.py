@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import pickle
@@ -22,6 +23,18 @@ from typing import Any, Iterator, Sequence, Union
 import torch
 
 from .errors import CheckpointError
+
+_HASH_CHUNK = 1 << 20
+
+
+def file_sha256(path: Union[str, os.PathLike]) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(_HASH_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
 
 PathLike = Union[str, os.PathLike]
 

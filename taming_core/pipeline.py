@@ -42,7 +42,7 @@ from .config import ConfigLike, build, load_config
 from .errors import CheckpointError, ConfigError, RegistryError, ValidationError
 from .interfaces import Conditioner, Encoded, InpaintingSampler, Prior, Sampler, Tokenizer
 from .registry import KINDS, available, create, get, get_entry, spec_of
-from .io import load_tensors, read_json, save_tensors, write_json
+from .io import file_sha256, load_tensors, read_json, save_tensors, write_json
 from .validation import check_cond_offset, check_positive, check_tensor, check_token_grid, component_label
 
 CONFIG_FILE = "pipeline.json"
@@ -53,18 +53,6 @@ _COMPONENTS = ("tokenizer", "prior", "sampler", "conditioner")
 MODEL_KEYS = ("tokenizer", "prior", "conditioner", "cond_offset")
 #: Keys ``save`` adds to the config that are records, not settings.
 RECORD_KEYS = ("format_version", "integrity", "provenance")
-_HASH_CHUNK = 1 << 20
-
-
-def file_sha256(path: Union[str, os.PathLike]) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(_HASH_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def config_sha256(cfg: Mapping[str, Any]) -> str:
     """Hex SHA-256 of the model keys of a pipeline config (:data:`MODEL_KEYS`), in
     canonical JSON (sorted keys), as it reads back from ``pipeline.json``."""

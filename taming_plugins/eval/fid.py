@@ -17,7 +17,6 @@ The package is imported lazily: without it every FID entry point raises
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.metadata
 import logging
 import os
@@ -32,6 +31,7 @@ import torch
 from torch import Tensor
 
 from taming_core.errors import CheckpointError, TamingError, ValidationError
+from taming_core.io import file_sha256 as io_file_sha256
 from taming_core.validation import check_positive, check_tensor
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,6 @@ TF_INPUT_RANGE = (-1.0, 0.9921875)
 PT_INPUT_RANGE = (-1.0, 1.0)
 #: Quantise inputs to 8-bit levels before resizing, as images saved to disk would be.
 QUANTIZE_INPUTS = True
-_HASH_CHUNK = 1 << 20
 #: Eigenvalues below this fraction of the largest are treated as 0 (rank-deficient covariances).
 EIGEN_RTOL = 1e-12
 
@@ -84,11 +83,7 @@ def fid_available() -> tuple[bool, str]:
 @functools.lru_cache(maxsize=16)
 def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
     """Content hash of a file (cached per path, size and modification time)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(_HASH_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return io_file_sha256(path)
 
 
 def file_sha256(path: Union[str, os.PathLike]) -> str:
