@@ -195,32 +195,37 @@ def write_run_pipeline(directory: PathLike, pipeline: Pipeline, *, source: Mappi
     return target
 
 
-def pipeline_after_checkpoint(trainer: Any, checkpoint: Optional[Path]) -> Optional[Path]:
+class PipelineAfterCheckpoint:
     """Checkpoint hook of the stage-2 trainer: refresh ``OUT/pipeline`` from its current
     prior, so ``taming sample --pipeline OUT/pipeline`` works after every kept checkpoint.
 
     Uses the trainer's ``tokenizer``, ``prior``, ``conditioner``, ``layout``,
     ``cache.grid``, ``config.sampler`` and ``out``; runs on the main process only.
     A component that cannot be saved (an in-memory object without a spec) skips the
-    pipeline with one warning instead of failing the training run.
+    pipeline with one warning (once per run) instead of failing the training run.
     """
-    if checkpoint is None or not trainer.is_main_process:
-        return None
-    sampler = trainer.config.sampler or {"name": trainer.prior.default_sampler}
-    try:
-        pipeline = compose_pipeline(trainer.tokenizer, trainer.prior, trainer.conditioner,
-                                    cond_offset=trainer.layout.cond_offset, grid=tuple(trainer.cache.grid),
-                                    sampler=sampler)
-        target = write_run_pipeline(Path(trainer.out) / RUN_PIPELINE, pipeline, source={
-            "checkpoint": str(checkpoint), "step": int(trainer.step),
-            "tokenizer": None if trainer.config.tokenizer is None else str(trainer.config.tokenizer)})
-    except TamingError as exc:  # never fail a training run over its convenience pipeline
-        if not getattr(trainer, "_pipeline_warned", False):
-            log.warning("not writing %s: %s", Path(trainer.out) / RUN_PIPELINE, exc)
-            trainer._pipeline_warned = True
-        return None
-    log.info("wrote pipeline %s (step %d)", target, trainer.step)
-    return target
+
+    def __init__(self) -> None:
+        self.warned = False
+
+    def __call__(self, trainer: Any, checkpoint: Optional[Path]) -> Optional[Path]:
+        if checkpoint is None or not trainer.is_main_process:
+            return None
+        sampler = trainer.config.sampler or {"name": trainer.prior.default_sampler}
+        try:
+            pipeline = compose_pipeline(trainer.tokenizer, trainer.prior, trainer.conditioner,
+                                        cond_offset=trainer.layout.cond_offset,
+                                        grid=tuple(trainer.cache.grid), sampler=sampler)
+            target = write_run_pipeline(Path(trainer.out) / RUN_PIPELINE, pipeline, source={
+                "checkpoint": str(checkpoint), "step": int(trainer.step),
+                "tokenizer": None if trainer.config.tokenizer is None else str(trainer.config.tokenizer)})
+        except TamingError as exc:  # never fail a training run over its convenience pipeline
+            if not self.warned:
+                log.warning("not writing %s: %s", Path(trainer.out) / RUN_PIPELINE, exc)
+                self.warned = True
+            return None
+        log.info("wrote pipeline %s (step %d)", target, trainer.step)
+        return target
 
 
 def find_checkpoint(path: PathLike) -> Optional[Path]:

@@ -52,7 +52,7 @@ from taming_core.validation import check_tensor
 from taming_plugins.conditioning.layout import VocabLayout
 from taming_plugins.conditioning.transforms import drop_condition, random_replace
 
-from .artifacts import load_frozen_tokenizer, pipeline_after_checkpoint, save_image_grid
+from .artifacts import PipelineAfterCheckpoint, load_frozen_tokenizer, save_image_grid
 from .checkpoint import CheckpointManager
 from .config import PriorTrainConfig
 from .runtime import seed_everything
@@ -157,7 +157,7 @@ class PriorTrainer(Trainer):
         self.stream = ShardedDataStream(TokenDataset(self.cache), cfg.data.batch_size, seed=int(train.seed),
                                         rank=self.rank, world_size=self.world_size)
         self.manager = self.ckpt
-        self.checkpoint_hooks.append(pipeline_after_checkpoint)  # refreshes OUT/pipeline (artifacts)
+        self.checkpoint_hooks.append(PipelineAfterCheckpoint())  # refreshes OUT/pipeline (artifacts)
 
     # ------------------------------------------------------------------ building
     def _build_dataset(self) -> Dataset:
