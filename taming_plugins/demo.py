@@ -7,9 +7,11 @@ two into a :class:`~taming_core.Pipeline` and writes into ``out``:
 
 * ``reconstructions.png`` — held-out crops (top row) above their reconstructions;
 * ``samples.png`` — unconditional samples on the training token grid;
-* ``sliding_window.png`` — a sample on a grid ``window_scale``² times the training
-  window's area, drawn with the ``sliding_window`` sampler;
-* ``overview.png`` — the three above in one picture (the README's image);
+* ``sliding_window.png`` — ``sampling.sliding_samples`` samples on a grid
+  ``window_scale``² times the training window's area, drawn with the ``sliding_window``
+  sampler;
+* ``overview.png`` — the three above in one picture (the first sliding-window sample;
+  the README's image);
 * ``metrics.json`` — PSNR/SSIM on held-out crops, codebook usage % and perplexity,
   the prior's held-out perplexity, sampling tokens/s and the time of every phase;
 * ``pipeline/`` — the trained pipeline (:meth:`Pipeline.save`), for ``taming sample``;
@@ -50,10 +52,8 @@ TOP_KEYS = ("data", "image_size", "seed", "device", "threads", "disc_start_fract
             "sampling", "eval")
 SECTION_KEYS = {
     "sampling": ("window_scale", "sliding_policy", "sliding_samples"),
-    "eval": ("val_images", "show_images", "sample_fid"),
+    "eval": ("val_images", "show_images", "sample_fid", "fid_samples"),
 }
-#: Values of ``stage1.loss.perceptual`` besides a loss spec.
-PERCEPTUAL_AUTO, PERCEPTUAL_NONE = "auto", "none"
 #: Number of metric records each training run logs (log interval = steps / this).
 LOG_RECORDS = 20
 #: Nearest-neighbour upscaling of the small demo images in ``overview.png``.
@@ -132,7 +132,7 @@ def _validate(cfg: Mapping[str, Any]) -> None:
     if cfg["threads"] != "auto":
         check_positive(cfg["threads"], "threads")
     for path in ("image_size", "sampling.window_scale", "sampling.sliding_samples",
-                 "eval.val_images", "eval.show_images"):
+                 "eval.val_images", "eval.show_images", "eval.fid_samples"):
         section, _, key = path.partition(".")
         value = cfg[section][key] if key else cfg[section]
         check_positive(value, path)
@@ -144,27 +144,6 @@ def _validate(cfg: Mapping[str, Any]) -> None:
     for stage in ("stage1", "stage2"):
         if not isinstance(cfg[stage], Mapping):
             raise ConfigError(f"{stage}: expected a run config (a mapping), got {cfg[stage]!r}")
-
-
-def perceptual_choice(setting: Any) -> tuple[Optional[dict[str, Any]], str]:
-    """The stage-1 perceptual loss spec for ``setting`` and a sentence saying what was used.
-
-    ``"auto"`` uses LPIPS when torchvision's VGG16 weights are on disk (they are never
-    downloaded); without them the demo trains on L1 + quantizer + GAN losses only, and
-    says so, rather than using LPIPS with a random backbone.
-    """
-    if setting is None or setting == PERCEPTUAL_NONE:
-        return None, "none (disabled in the config)"
-    if setting == PERCEPTUAL_AUTO:
-        from taming_plugins.losses.lpips import default_backbone_path
-
-        path = default_backbone_path("vgg")
-        if path.is_file():
-            return {"name": "lpips"}, f"lpips (VGG16 backbone from {path})"
-        return None, f"none (LPIPS backbone weights not found at {path}; never downloaded)"
-    if isinstance(setting, Mapping) and "name" in setting:
-        return dict(setting), f"{setting['name']} (from the config)"
-    raise ConfigError(f"stage1.loss.perceptual: expected 'auto', 'none' or a loss spec, got {setting!r}")
 
 
 def _dataset_kwargs(data: str, length: int) -> dict[str, Any]:
@@ -399,12 +378,17 @@ class PhaseTimer:
             self.cpu[name] = round(time.process_time() - cpu, 2)
 
 
-def _train(cfg: Mapping[str, Any], out: Path, progress: bool, timer: PhaseTimer) -> tuple[Pipeline, str]:
-    """Stage 1 then stage 2; returns the composed pipeline and the perceptual-loss note."""
+def _train(cfg: Mapping[str, Any], out: Path, progress: bool,
+           timer: PhaseTimer) -> tuple[Pipeline, dict[str, Any]]:
+    """Stage 1 then stage 2; returns the composed pipeline and the choices made on this
+    machine (perceptual loss, stage-1 bf16 autocast) for ``metrics.json``."""
     from taming_plugins.training.stage1 import TokenizerTrainer
     from taming_plugins.training.stage2 import PriorTrainer
 
-    perceptual, perceptual_text = perceptual_choice((cfg["stage1"].get("loss") or {}).get("perceptual"))
+    from taming_plugins.losses.lpips import perceptual_choice
+
+    perceptual, perceptual_text = perceptual_choice((cfg["stage1"].get("loss") or {}).get("perceptual"),
+                                                    "stage1.loss.perceptual")
     config1 = stage1_config(cfg, out / "tokenizer", perceptual, progress)
     log.info("stage 1/2: training the tokenizer (%d steps; perceptual loss: %s)",
              config1.train.steps, perceptual_text)
@@ -423,7 +407,7 @@ def _train(cfg: Mapping[str, Any], out: Path, progress: bool, timer: PhaseTimer)
     sampler = taming_core.create("sampler", **sampler_spec(cfg, tokenizer.vocab_size))
     pipeline = Pipeline(tokenizer, prior, sampler, trainer2.conditioner,
                         cond_offset=trainer2.layout.cond_offset, grid=grid)
-    return pipeline.eval(), perceptual_text
+    return pipeline.eval(), {"perceptual_loss": perceptual_text, "stage1_bf16": bool(trainer1.bf16)}
 
 
 def run_demo(config: Optional[Union[Mapping[str, Any], str, Path]] = None,
@@ -448,7 +432,7 @@ def run_demo(config: Optional[Union[Mapping[str, Any], str, Path]] = None,
     seed_everything(int(cfg["seed"]))
     seed, timer = int(cfg["seed"]), PhaseTimer()
     with timer.phase("total"):
-        pipeline, perceptual_text = _train(cfg, out, progress, timer)
+        pipeline, choices = _train(cfg, out, progress, timer)
         pipeline.save(files["pipeline"])
         grid = pipeline.grid
         assert grid is not None
@@ -463,10 +447,12 @@ def run_demo(config: Optional[Union[Mapping[str, Any], str, Path]] = None,
             recon_grid = torch.cat([shown, pipeline.reconstruct(shown)[0]])
             save_image_grid(recon_grid, files["reconstructions"], nrow=shown.shape[0])
         with timer.phase("sampling"):
-            n_samples = max(int(stage2_config(cfg, out, False).train.num_samples), 1)
+            n_shown = max(int(stage2_config(cfg, out, False).train.num_samples), 1)
+            with_fid = bool(cfg["eval"].get("sample_fid", True))
+            n_samples = max(n_shown, int(cfg["eval"]["fid_samples"]) if with_fid else 0)
             samples, metrics["sampling_tokens_per_s"] = timed_sample(
                 pipeline, pipeline.sampler, n_samples, grid, seed)
-            save_image_grid(samples, files["samples"], nrow=shown.shape[0])
+            save_image_grid(samples[:n_shown], files["samples"], nrow=shown.shape[0])
             scale = int(cfg["sampling"]["window_scale"])
             big = (grid[0] * scale, grid[1] * scale)
             sliding_sampler = taming_core.create(
@@ -476,15 +462,20 @@ def run_demo(config: Optional[Union[Mapping[str, Any], str, Path]] = None,
             save_image_grid(sliding, files["sliding_window"], nrow=sliding.shape[0])
             captions = (f"held-out crops / reconstructions / samples ({grid[0]}x{grid[1]} tokens)",
                         f"sliding window, {big[0]}x{big[1]} tokens")
-            compose_overview(recon_grid, samples, sliding, files["overview"], nrow=shown.shape[0],
+            compose_overview(recon_grid, samples[:n_shown], sliding, files["overview"], nrow=shown.shape[0],
                              captions=captions)
         with timer.phase("figures"):  # colours, border frames, sample FID (taming_plugins.eval.figures)
             from taming_plugins.eval.figures import picture_figures
 
             recon_all = torch.cat([pipeline.reconstruct(b.to(device))[0].cpu() for b in images.split(EVAL_BATCH)])
+            train_crops = None
+            if with_fid:  # the yardstick: as many real training crops against the same held-out crops
+                train = get_dataset(cfg["data"], int(cfg["image_size"]), split="train",
+                                    **_dataset_kwargs(cfg["data"], samples.shape[0]))
+                train_crops = torch.stack([train[i] for i in range(min(samples.shape[0], len(train)))])
             metrics.update(picture_figures(images, recon_all, samples, sliding,
                                            ring=pipeline.tokenizer.downsample_factor, device=device,
-                                           fid=bool(cfg["eval"].get("sample_fid", True))))
+                                           fid=with_fid, fid_count=samples.shape[0], train_crops=train_crops))
     metrics["seconds"] = dict(timer.wall)
     metrics["cpu_seconds"] = dict(timer.cpu)
     metrics["settings"] = {
@@ -493,7 +484,7 @@ def run_demo(config: Optional[Union[Mapping[str, Any], str, Path]] = None,
         "sliding_policy": cfg["sampling"]["sliding_policy"], "codebook_size": pipeline.tokenizer.vocab_size,
         "stage1_steps": int(stage1_config(cfg, out, None, False).train.steps),
         "stage2_steps": int(stage2_config(cfg, out, False).train.steps),
-        "perceptual_loss": perceptual_text, "val_images": n_val, "device": str(device),
+        **choices, "val_images": n_val, "device": str(device),
         "threads": torch.get_num_threads(), "threads_choice": threads_reason, "seed": seed,
         "torch": torch.__version__,
     }
@@ -512,6 +503,7 @@ SUMMARY_ROWS = (
     ("sliding-window worst edge shift (std)", "sliding_worst_edge_shift", "{:.2f}"),
     ("  the same of real held-out crops (reference)", "reference_worst_edge_shift", "{:.2f}"),
     ("sample FID vs held-out crops (few images!)", "sample_fid", "{:.1f}"),
+    ("  the same of real training crops (yardstick)", "train_crops_fid", "{:.1f}"),
     ("codebook usage (%)", "codebook_usage_pct", "{:.1f}"),
     ("codebook perplexity", "codebook_perplexity", "{:.1f}"),
     ("prior held-out perplexity", "prior_perplexity", "{:.1f}"),
@@ -530,6 +522,8 @@ def summary_table(result: DemoResult) -> str:
                      f"{'×'.join(map(str, settings['token_grid']))} / "
                      f"{'×'.join(map(str, settings['sliding_window_grid']))}"))
         rows.append(("perceptual loss", str(settings["perceptual_loss"]).split(" (")[0]))
+        if "stage1_bf16" in settings:
+            rows.append(("stage-1 bf16 autocast", "on" if settings["stage1_bf16"] else "off"))
         if "threads" in settings:
             rows.append(("torch threads", f"{settings['threads']} ({settings.get('threads_choice', '')})"))
     cpu = m.get("cpu_seconds", {})

@@ -12,7 +12,7 @@ from PIL import Image
 
 from taming_core.errors import ConfigError
 from taming_plugins.cli import main
-from taming_plugins.demo import (FILES, default_demo_config, perceptual_choice, resolve_demo_config,
+from taming_plugins.demo import (FILES, default_demo_config, resolve_demo_config,
                                  summary_table, DemoResult)
 
 #: A demo small enough for the default test run (a few steps of each stage).
@@ -64,7 +64,9 @@ def test_demo_images_have_the_promised_layout(demo_run):
         assert recon.size == (2 + 4 * (TINY_SIZE + 2), 2 + 2 * (TINY_SIZE + 2))
     with Image.open(demo_run / "sliding_window.png") as big:
         side = 2 * TINY_SIZE  # window_scale 2: 4× the area of the training window
-        assert big.size == (side, side)  # one image: no grid padding
+        n = default_demo_config()["sampling"]["sliding_samples"]
+        # the sliding-window samples in one row, 2 px padding (one image: no padding)
+        assert big.size == ((2 + n * (side + 2), side + 4) if n > 1 else (side, side))
     with Image.open(demo_run / "samples.png") as samples:
         assert samples.size[1] == TINY_SIZE + 4
     metrics = json.loads((demo_run / "metrics.json").read_text())
@@ -145,6 +147,7 @@ def test_bad_config_is_rejected_with_its_key(bad, match):
 
 def test_perceptual_choice_is_explicit(monkeypatch, tmp_path):
     import taming_plugins.losses.lpips as lpips_mod
+    from taming_plugins.losses.lpips import perceptual_choice
 
     monkeypatch.setattr(lpips_mod, "default_backbone_path", lambda net="vgg": tmp_path / "missing.pth")
     spec, text = perceptual_choice("auto")
@@ -154,7 +157,7 @@ def test_perceptual_choice_is_explicit(monkeypatch, tmp_path):
     assert spec == {"name": "lpips"} and text.startswith("lpips")
     assert perceptual_choice("none")[0] is None
     with pytest.raises(ConfigError, match="stage1.loss.perceptual"):
-        perceptual_choice(3)
+        perceptual_choice(3, "stage1.loss.perceptual")
 
 
 def test_cli_usage_and_runtime_errors(tmp_path, capsys):

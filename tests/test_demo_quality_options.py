@@ -101,3 +101,35 @@ def test_lr_decay_is_validated():
     OptimConfig(lr_decay="cosine").validate("optim")
     with pytest.raises(taming_core.ConfigError, match=r"optim\.lr_decay"):
         OptimConfig(lr_decay="linear").validate("optim")
+
+
+def test_bf16_auto_follows_the_hardware_and_is_validated(monkeypatch, tmp_path):
+    from taming_plugins.training import runtime
+    from taming_plugins.training.config import TokenizerTrainConfig
+
+    cpu = torch.device("cpu")
+    assert runtime.resolve_bf16(True, cpu)[0] is True and runtime.resolve_bf16(False, cpu)[0] is False
+    for native in (True, False):
+        monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda native=native: native)
+        on, why = runtime.resolve_bf16("auto", cpu)
+        assert on is native and ("has native bf16" in why) is native
+    with pytest.raises(taming_core.ConfigError, match=r"optim.bf16: expected true, false or 'auto', got 'yes'"):
+        TokenizerTrainConfig.from_dict({"tokenizer": {"name": "vqgan"}, "optim": {"bf16": "yes"}})
+
+
+def test_cpu_bf16_detection_reads_the_cpu_flags(monkeypatch, tmp_path):
+    from taming_plugins.training import runtime
+
+    cpuinfo = tmp_path / "cpuinfo"
+    real_open = open
+
+    def fake_open(path, *args, **kwargs):
+        return real_open(cpuinfo if path == "/proc/cpuinfo" else path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", fake_open)
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n")
+    assert runtime.cpu_has_native_bf16() is True
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n")
+    assert runtime.cpu_has_native_bf16() is False
+    cpuinfo.unlink()
+    assert runtime.cpu_has_native_bf16() is False

@@ -275,3 +275,22 @@ def test_worst_edge_shift_sees_a_light_edge(lift, seed):
     lit[..., :, -4:] += lift  # a lighter right band, one token (4 px) wide
     assert (worst_edge_shift(lit, ring=4) > 0.5).all()
     assert (worst_edge_shift(lit, ring=4) > worst_edge_shift(x, ring=4)).all()
+
+
+def test_sample_fid_with_the_training_crops_yardstick():
+    """The demo's FID figures: samples and real training crops, each against the first
+    ``fid_count`` held-out images; identical sets score ~0, and the note says what was used."""
+    from taming_plugins.eval.figures import picture_figures
+    from taming_plugins.eval.fid import fid_available
+
+    if not fid_available()[0]:
+        pytest.skip(fid_available()[1])
+    g = torch.Generator().manual_seed(3)
+    held_out = torch.rand(6, 3, 16, 16, generator=g) * 2 - 1
+    other = torch.rand(3, 3, 16, 16, generator=g) * 2 - 1
+    figs = picture_figures(held_out, held_out, held_out[:3], None, ring=4, fid=True, fid_count=3,
+                           train_crops=other)
+    assert abs(figs["sample_fid"]) < 1e-2          # the samples are the first 3 references
+    assert figs["train_crops_fid"] > 1.0             # other images are farther
+    assert "3 samples against 3 held-out crops" in figs["sample_fid_note"]
+    assert "3 real training crops score train_crops_fid" in figs["sample_fid_note"]

@@ -311,3 +311,65 @@ def test_vqgan_padding_mode_is_stored_and_not_exported(mode, tmp_path):
         save_taming_checkpoint(tmp_path / "x.ckpt", padded)
     with pytest.raises(taming_core.ConfigError, match="padding_mode"):
         taming_core.create("tokenizer", **spec, padding_mode="circle")
+
+
+def test_guided_run_gives_a_guided_pipeline(folders, tmp_path, capsys):
+    """A prior trained with guidance dropout and a guided sampler: OUT/pipeline and the
+    pipeline composed from the runs both sample with classifier-free guidance (the null
+    condition is stored in pipeline.json as prior ids)."""
+    run = tmp_path
+    rc, out, err = _cli(capsys, "train-tokenizer", "--config", folders / "tok.yaml", "--data",
+                        folders / "classes", "--steps", 1, "--image-size", SIZE, "--out", run / "tok",
+                        "--no-progress")
+    assert rc == 0, err
+    guided = dict(PRIOR, sampler={"name": "autoregressive", "guidance_scale": 3.0, "top_k": 8},
+                  train={"cfg_drop": 0.3})
+    (run / "guided.yaml").write_text(yaml.safe_dump(guided))
+    rc, out, err = _cli(capsys, "train-prior", "--tokenizer", run / "tok", "--data", folders / "classes",
+                        "--conditioner", "class_label", "--crops-per-image", 2, "--out", run / "prior",
+                        "--steps", 2, "--config", run / "guided.yaml", "--no-progress")
+    assert rc == 0, err
+    sampler = json.loads((run / "prior" / "pipeline" / "pipeline.json").read_text())["sampler"]
+    assert sampler["guidance_scale"] == 3.0
+    assert sampler["null_condition"] == [[32 + 3]]  # class_label's null id 3, after the 32 image codes
+    pipe = taming_core.Pipeline.load(run / "prior" / "pipeline")
+    assert pipe.sampler.guidance_scale == 3.0
+    rc, out, err = _cli(capsys, "sample", "--pipeline", run / "prior" / "pipeline", "--label", "fox",
+                        "--n", 2, "--out", run / "a", "--no-progress", "--seed", 1)
+    assert rc == 0, err
+    rc, out, err = _cli(capsys, "sample", "--prior", run / "prior", "--label", "fox",
+                        "--n", 2, "--out", run / "b", "--no-progress", "--seed", 1)
+    assert rc == 0, err
+    assert np.array_equal(np.asarray(Image.open(run / "a" / "grid.png")),
+                          np.asarray(Image.open(run / "b" / "grid.png")))
+    # without guidance the same seed gives other samples: the stored guidance is used
+    rc, out, err = _cli(capsys, "sample", "--pipeline", run / "prior" / "pipeline", "--label", "fox",
+                        "--n", 2, "--out", run / "c", "--no-progress", "--seed", 1, "--guidance-scale", 1)
+    assert rc == 0, err
+    assert not np.array_equal(np.asarray(Image.open(run / "a" / "grid.png")),
+                              np.asarray(Image.open(run / "c" / "grid.png")))
+
+
+def test_train_tokenizer_without_config_uses_the_packaged_default(folders, tmp_path, capsys):
+    from taming_plugins.cli.commands.train_tokenizer import default_config_path
+
+    packaged = yaml.safe_load(default_config_path().read_text())
+    rc, out, err = _cli(capsys, "train-tokenizer", "--print-config", "--steps", 7, "--data", folders / "flat")
+    assert rc == 0, err
+    printed = yaml.safe_load(out)
+    assert printed["tokenizer"] == packaged["tokenizer"] and printed["train"]["steps"] == 7
+    assert printed["loss"]["disc_start"] == 3  # half-way through the 7 steps
+    assert printed["data"]["train"] == str(folders / "flat") and printed["loss"]["perceptual"] == "auto"
+    assert not (tmp_path / "tok").exists()
+
+    rc, out, err = _cli(capsys, "train-tokenizer", "--data", folders / "flat", "--steps", 1,
+                        "--out", tmp_path / "tok", "--no-progress", "--device", "cpu")
+    assert rc == 0, err
+    assert "no --config: the packaged default tokenizer.yaml (a small f4 VQGAN, 256 codes, GAN term from " \
+        "step 0" in out
+    assert "32×32 px; 1 steps of batch 8" in out
+    # the run stores the perceptual choice made on this machine, never "auto"
+    ckpt = sorted((tmp_path / "tok" / "checkpoints").glob("step_*"))[-1]
+    stored = json.loads((ckpt / "config.json").read_text())
+    assert stored["loss"]["perceptual"] in (None, {"name": "lpips"})
+    assert stored["optim"]["bf16"] in (True, False)  # "auto" resolved on this machine

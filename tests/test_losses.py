@@ -6,6 +6,7 @@ import socket
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings, strategies as st
 import torch
 import torch.nn.functional as F
 
@@ -189,3 +190,28 @@ def test_vqgan_loss_components_by_name() -> None:
     assert loss.discriminator.ndf == 8
     with pytest.raises(ConfigError, match=r"gan_objective\): expected a GANObjective"):
         VQGANLoss(discriminator=TINY_DISC, gan_objective={"kind": "discriminator", "name": "patchgan"})
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(1, 3), st.integers(2, 6), st.floats(0.1, 3.0), st.integers(0, 2**31 - 1))
+def test_pixel_loss_mse_is_the_squared_error(batch, side, weight, seed) -> None:
+    """``pixel_loss="mse"``: ``nll = pixel_weight · mean((x - x̂)²)``; ``l1`` stays logged as
+    the L1 distance, and the default stays the original L1."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(batch, 3, side, side, generator=g) * 2 - 1
+    xrec = torch.rand(batch, 3, side, side, generator=g) * 2 - 1
+    zero = torch.zeros(())
+    mse_loss = VQGANLoss(discriminator={"name": "patchgan", "ndf": 4, "n_layers": 1}, disc_start=10,
+                         pixel_weight=weight, pixel_loss="mse")
+    total, logs = mse_loss.generator_loss(x, xrec, zero, step=0)
+    assert torch.allclose(total, weight * (x - xrec).square().mean(), rtol=1e-5, atol=1e-7)
+    assert torch.allclose(logs["l1"], (x - xrec).abs().mean()) and "mse" in logs
+    l1_loss = VQGANLoss(discriminator={"name": "patchgan", "ndf": 4, "n_layers": 1}, disc_start=10,
+                        pixel_weight=weight)
+    total, logs = l1_loss.generator_loss(x, xrec, zero, step=0)
+    assert torch.allclose(total, weight * (x - xrec).abs().mean(), rtol=1e-5, atol=1e-7) and "mse" not in logs
+
+
+def test_pixel_loss_refuses_unknown_values() -> None:
+    with pytest.raises(taming_core.ValidationError, match=r"vqgan loss\(pixel_loss\): expected one of \['l1', 'mse'\]"):
+        VQGANLoss(pixel_loss="l2")

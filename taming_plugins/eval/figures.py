@@ -20,7 +20,9 @@ large (sliding-window) sample and returns:
   figure means "frame" only when it is clearly above the real crops' level;
 * ``sample_fid`` — FID of the samples against the held-out images (when the ``eval``
   extra is installed), with ``sample_fid_note`` saying how many images it rests on: at
-  a few dozen images FID is strongly biased upwards, so compare it only at equal counts.
+  a few dozen images FID is strongly biased upwards, so compare it only at equal counts;
+  ``train_crops_fid`` — the same for as many real *training* images, the yardstick at
+  that count (samples near it are as close to the held-out photo as real crops are).
 """
 
 from __future__ import annotations
@@ -39,8 +41,13 @@ FID_RELIABLE_COUNT = 2048
 
 @torch.no_grad()
 def picture_figures(inputs: Tensor, reconstructions: Tensor, samples: Tensor, sliding: Optional[Tensor], *,
-                    ring: int, fid: bool = True, device: Any = "cpu") -> dict[str, Any]:
-    """Figures of a demo run (see the module docstring); every tensor is float in [-1, 1]."""
+                    ring: int, fid: bool = True, device: Any = "cpu", fid_count: Optional[int] = None,
+                    train_crops: Optional[Tensor] = None) -> dict[str, Any]:
+    """Figures of a demo run (see the module docstring); every tensor is float in [-1, 1].
+    The FIDs use the first ``fid_count`` held-out images (default all; equal counts on both
+    sides make the small-sample bias the same). ``train_crops`` (real training images) add
+    ``train_crops_fid``, their FID against those held-out images: the level samples are
+    compared with at that count."""
     x, y = inputs.float().cpu(), reconstructions.float().cpu()
     out: dict[str, Any] = {
         "colour_err": round(float(channel_mean_error(y, x).mean()), 4),
@@ -55,14 +62,17 @@ def picture_figures(inputs: Tensor, reconstructions: Tensor, samples: Tensor, sl
         out["sliding_edge_ratio"] = round(float(edge_interior_ratio(sliding.float().cpu(), ring=ring).mean()), 3)
         out["sliding_worst_edge_shift"] = round(float(worst_edge_shift(sliding.float().cpu(), ring=ring).mean()), 3)
     if fid:
-        out.update(sample_fid(x, samples.float().cpu(), device=device))
+        out.update(sample_fid(x[:fid_count], samples.float().cpu(), device=device,
+                              train_crops=None if train_crops is None else train_crops.float().cpu()))
     else:
         out["sample_fid_note"] = "not computed: disabled in the config"
     return out
 
 
-def sample_fid(reference: Tensor, samples: Tensor, *, device: Any = "cpu") -> dict[str, Any]:
-    """``{"sample_fid": value, "sample_fid_note": ...}`` or ``{"sample_fid_note": why not}``."""
+def sample_fid(reference: Tensor, samples: Tensor, *, device: Any = "cpu",
+               train_crops: Optional[Tensor] = None) -> dict[str, Any]:
+    """``{"sample_fid": value, "sample_fid_note": ...}`` or ``{"sample_fid_note": why not}``;
+    with ``train_crops`` also ``train_crops_fid`` (theirs against the same ``reference``)."""
     from .fid import DEFAULT_FEATURE_NET, FidFeatureExtractor, fid_available
 
     n_ref, n = reference.shape[0], samples.shape[0]
@@ -77,8 +87,14 @@ def sample_fid(reference: Tensor, samples: Tensor, *, device: Any = "cpu") -> di
     extractor = FidFeatureExtractor(DEFAULT_FEATURE_NET, device=device)
     from .fid import stats_of
 
-    value = extractor.fid(stats_of(extractor, [reference], "ref"), stats_of(extractor, [samples], "eval"))
+    ref = stats_of(extractor, [reference], "ref")
+    value = extractor.fid(ref, stats_of(extractor, [samples], "eval"))
     note = (f"{n} samples against {n_ref} held-out crops; FID from so few images is biased upwards "
             f"(it falls as the counts grow), so compare it only at the same counts"
             if min(n, n_ref) < FID_RELIABLE_COUNT else f"{n} samples against {n_ref} held-out images")
-    return {"sample_fid": round(float(value), 2), "sample_fid_note": note}
+    out = {"sample_fid": round(float(value), 2), "sample_fid_note": note}
+    if train_crops is not None and train_crops.shape[0] >= 2 and train_crops.shape[-2:] == reference.shape[-2:]:
+        out["train_crops_fid"] = round(float(extractor.fid(ref, stats_of(extractor, [train_crops], "eval"))), 2)
+        out["sample_fid_note"] += (f"; {train_crops.shape[0]} real training crops score train_crops_fid "
+                                   "against the same held-out crops")
+    return out

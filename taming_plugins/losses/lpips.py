@@ -20,13 +20,14 @@ import logging
 import os
 import re
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor
 
-from taming_core.errors import CheckpointError, ValidationError
+from taming_core.errors import CheckpointError, ConfigError, ValidationError
 from taming_core.interfaces import PerceptualLoss
 from taming_core.io import torch_load_safe
 from taming_core.registry import register
@@ -51,6 +52,30 @@ _HEAD_KEY = re.compile(r"^lin(\d+)\.(.+)$")
 def default_backbone_path(net: str = "vgg") -> Path:
     """Where torchvision caches the backbone weights (and where this loss looks for them)."""
     return Path(torch.hub.get_dir()) / "checkpoints" / BACKBONE_FILES[net]
+
+
+#: Values of a trainer's ``loss.perceptual`` besides a loss spec (:func:`perceptual_choice`).
+PERCEPTUAL_AUTO, PERCEPTUAL_NONE = "auto", "none"
+
+
+def perceptual_choice(setting: Any, where: str = "loss.perceptual") -> tuple[Optional[dict[str, Any]], str]:
+    """The perceptual-loss spec for a ``loss.perceptual`` setting, and a sentence saying what was used.
+
+    ``"auto"`` is ``{"name": "lpips"}`` when torchvision's VGG16 weights are on disk
+    (:func:`default_backbone_path`; they are never downloaded) and None otherwise: training
+    then runs without the perceptual term and says so, rather than using LPIPS with a random
+    backbone. ``"none"`` or None is None; a spec dict is returned as is.
+    """
+    if setting is None or setting == PERCEPTUAL_NONE:
+        return None, "none (disabled in the config)"
+    if setting == PERCEPTUAL_AUTO:
+        path = default_backbone_path("vgg")
+        if path.is_file():
+            return {"name": "lpips"}, f"lpips (VGG16 backbone from {path})"
+        return None, f"none (LPIPS backbone weights not found at {path}; never downloaded)"
+    if isinstance(setting, Mapping) and "name" in setting:
+        return dict(setting), f"{setting['name']} (from the config)"
+    raise ConfigError(f"{where}: expected 'auto', 'none' or a loss spec such as {{name: lpips}}, got {setting!r}")
 
 
 def _package_heads_path(net: str) -> Path:

@@ -17,6 +17,9 @@ Semantics of the original ``VQLPIPSWithDiscriminator`` (taming-transformers,
 
 Differences, all documented choices:
 
+* ``pixel_loss="mse"`` (not in the original; default ``"l1"``) replaces ``|x - x̂|`` by
+  ``(x - x̂)²`` in ``rec``: the squared error is what PSNR measures.
+
 * A tokenizer that declares no last layer (``Tokenizer.last_layer`` is None) trains with
   the fixed weight ``disc_weight`` instead of the adaptive one (the original always had
   the decoder's ``conv_out``).
@@ -43,8 +46,10 @@ from torch import Tensor, nn
 from taming_core.errors import ConfigError
 from taming_core.interfaces import AutoencoderLoss, Discriminator, GANObjective, PerceptualLoss
 from taming_core.registry import create, create_from_spec, register
-from taming_core.validation import check_positive, check_tensor
+from taming_core.validation import check_choice, check_positive, check_tensor
 
+#: ``pixel_loss`` values: the original's L1, or the squared error (what PSNR measures).
+PIXEL_LOSSES = ("l1", "mse")
 #: Added to the GAN-gradient norm in the adaptive weight (original value).
 ADAPTIVE_EPS = 1e-4
 #: Upper clamp of the adaptive weight (original value).
@@ -87,6 +92,8 @@ class VQGANLoss(AutoencoderLoss):
         codebook_weight, perceptual_weight, pixel_weight, disc_weight, disc_factor: weights
             as in the original (``disc_weight`` scales the adaptive weight).
         adaptive_weight: False uses ``disc_weight`` alone as the GAN weight.
+        pixel_loss: ``"l1"`` (the original, default) or ``"mse"`` (squared error, the
+            quantity PSNR measures; the logged ``l1`` stays the L1 distance).
         fused: compute the adaptive weight and the backward without repeated passes
             (same gradients; see the module docstring).
     """
@@ -95,8 +102,10 @@ class VQGANLoss(AutoencoderLoss):
                  perceptual: ComponentSpec = None, gan_objective: ComponentSpec = "hinge",
                  disc_start: int = 0, codebook_weight: float = 1.0, perceptual_weight: float = 1.0,
                  pixel_weight: float = 1.0, disc_weight: float = 1.0, disc_factor: float = 1.0,
-                 adaptive_weight: bool = True, fused: bool = True) -> None:
+                 adaptive_weight: bool = True, fused: bool = True, pixel_loss: str = "l1") -> None:
         super().__init__()
+        check_choice(pixel_loss, "vqgan loss(pixel_loss)", PIXEL_LOSSES)
+        self.pixel_loss = pixel_loss
         check_positive(disc_start, "vqgan loss(disc_start)", allow_zero=True)
         for name, value in (("codebook_weight", codebook_weight), ("perceptual_weight", perceptual_weight),
                             ("pixel_weight", pixel_weight), ("disc_weight", disc_weight),
@@ -151,10 +160,16 @@ class VQGANLoss(AutoencoderLoss):
         return self.current_disc_factor(step) > 0.0 and self.disc_weight > 0.0
 
     def reconstruction_loss(self, inputs: Tensor, reconstructions: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """``nll = mean(pixel_weight·|x - x̂| + perceptual_weight·LPIPS)`` and its parts."""
-        l1 = torch.abs(inputs - reconstructions).mean()
-        nll = self.pixel_weight * l1
+        """``nll = mean(pixel_weight·|x - x̂| + perceptual_weight·LPIPS)`` (``(x - x̂)²`` in
+        place of ``|x - x̂|`` with ``pixel_loss="mse"``) and its parts."""
+        diff = inputs - reconstructions
+        l1 = torch.abs(diff).mean()
         parts = {"l1": l1}
+        if self.pixel_loss == "l1":
+            pixel = l1
+        else:
+            parts["mse"] = pixel = diff.float().square().mean()
+        nll = self.pixel_weight * pixel
         if self.perceptual is not None and self.perceptual_weight > 0:
             p_loss = self.perceptual(inputs, reconstructions).mean()
             nll = nll + self.perceptual_weight * p_loss

@@ -160,8 +160,9 @@ def save_images(images: Tensor, path: PathLike, *, nrow: Optional[int] = None,
 
 
 # --------------------------------------------------------------------------- pipelines of runs
-def _sampler_for(spec: Mapping[str, Any], image_vocab: int) -> Any:
-    """The run's sampler spec, restricted to image ids (never a condition id)."""
+def _sampler_for(spec: Mapping[str, Any], image_vocab: int, null_prefix: Any = None) -> Any:
+    """The run's sampler spec, restricted to image ids (never a condition id); a guided one
+    gets ``null_prefix`` (prior ids, 1×L) as its ``null_condition``, stored as lists of ints."""
     import inspect
 
     name = spec["name"]
@@ -171,19 +172,29 @@ def _sampler_for(spec: Mapping[str, Any], image_vocab: int) -> Any:
         kwargs["vocab_limit"] = image_vocab
     if isinstance(kwargs.get("top_k"), int):
         kwargs["top_k"] = min(kwargs["top_k"], image_vocab)
-    if kwargs.pop("guidance_scale", 1.0) != 1.0:  # its null condition is a tensor of the run, which
-        kwargs.pop("null_condition", None)        # pipeline.json cannot hold: sample without guidance
-        log.info("the pipeline's %s sampler leaves out classifier-free guidance", name)
+    if kwargs.get("guidance_scale", 1.0) != 1.0:
+        null = kwargs.get("null_condition")
+        null = null if null is not None else null_prefix
+        if null is None:
+            kwargs.pop("guidance_scale")
+            kwargs.pop("null_condition", None)
+            log.warning("the pipeline's %s sampler leaves out classifier-free guidance: the conditioner "
+                        "has no null condition", name)
+        else:  # lists of ints: pipeline.json holds them (a tensor it could not)
+            kwargs["null_condition"] = null.tolist() if isinstance(null, torch.Tensor) else null
     return create("sampler", name, **kwargs)
 
 
 def compose_pipeline(tokenizer: Tokenizer, prior: Prior, conditioner: Optional[Conditioner], *,
-                     cond_offset: int, grid: Sequence[int], sampler: Mapping[str, Any]) -> Pipeline:
+                     cond_offset: int, grid: Sequence[int], sampler: Mapping[str, Any],
+                     null_prefix: Any = None) -> Pipeline:
     """A :class:`Pipeline` of a trained tokenizer and prior (the modules are shared, not
-    copied); ``sampler`` is a spec (``vocab_limit``/``top_k`` are fitted to the tokenizer)."""
+    copied); ``sampler`` is a spec (``vocab_limit``/``top_k`` are fitted to the tokenizer;
+    with a ``guidance_scale`` it guides with ``null_prefix``, the run's null condition as
+    prior ids)."""
     if len(grid) != 2:
         raise ConfigError(f"grid: a pipeline needs a 2-D token grid, the tokenizer gives {tuple(grid)}")
-    return Pipeline(tokenizer, prior, _sampler_for(sampler, tokenizer.vocab_size), conditioner,
+    return Pipeline(tokenizer, prior, _sampler_for(sampler, tokenizer.vocab_size, null_prefix), conditioner,
                     cond_offset=int(cond_offset), grid=(int(grid[0]), int(grid[1])))
 
 
@@ -215,7 +226,8 @@ class PipelineAfterCheckpoint:
         try:
             pipeline = compose_pipeline(trainer.tokenizer, trainer.prior, trainer.conditioner,
                                         cond_offset=trainer.layout.cond_offset,
-                                        grid=tuple(trainer.cache.grid), sampler=sampler)
+                                        grid=tuple(trainer.cache.grid), sampler=sampler,
+                                        null_prefix=trainer.null_prefix)
             target = write_run_pipeline(Path(trainer.out) / RUN_PIPELINE, pipeline, source={
                 "checkpoint": str(checkpoint), "step": int(trainer.step),
                 "tokenizer": None if trainer.config.tokenizer is None else str(trainer.config.tokenizer)})
@@ -265,5 +277,5 @@ def pipeline_from_runs(prior_run: PathLike, tokenizer: Optional[Union[PathLike, 
     conditioner = create_from_spec("conditioner", spec).to(device).eval()
     sampler = dict(config.get("stage2", {}).get("sampler") or {"name": trained.prior.default_sampler})
     pipeline = compose_pipeline(tok, trained.prior, conditioner, cond_offset=trained.layout.cond_offset,
-                                grid=trained.grid, sampler=sampler)
+                                grid=trained.grid, sampler=sampler, null_prefix=config.get("null_prefix"))
     return pipeline.to(device).eval()

@@ -158,7 +158,9 @@ class OptimConfig(Section):
         lr_decay: ``"none"`` (constant after warm-up) or ``"cosine"`` (cosine decay from
             the end of warm-up to 0 at ``train.steps``).
         grad_clip: max global gradient norm (None: no clipping).
-        bf16: bfloat16 autocast for the forward passes.
+        bf16: bfloat16 autocast for the forward passes: true, false or ``"auto"`` (on
+            where bf16 is native: a CUDA GPU that supports it, a CPU with AVX512-BF16/AMX;
+            the run stores the choice made).
         fused: Adam kernels: ``auto`` (fused on CUDA, foreach on CPU) or false.
     """
 
@@ -170,7 +172,7 @@ class OptimConfig(Section):
     warmup_steps: int = 0
     lr_decay: str = "none"
     grad_clip: Optional[float] = None
-    bf16: bool = False
+    bf16: Any = False
     fused: Any = "auto"
 
     def validate(self, path: str) -> None:
@@ -182,6 +184,8 @@ class OptimConfig(Section):
         _positive(self, path, ("learning_rate", "grad_clip"), optional=True, integer=False)
         _positive(self, path, ("weight_decay",), allow_zero=True, integer=False)
         _positive(self, path, ("warmup_steps",), allow_zero=True)
+        if self.bf16 not in (True, False, "auto"):
+            raise ConfigError(f"{path}.bf16: expected true, false or 'auto', got {self.bf16!r}")
         if self.lr_decay not in LR_DECAYS:
             raise ConfigError(f"{path}.lr_decay: expected one of {', '.join(LR_DECAYS)}, got {self.lr_decay!r}")
 

@@ -51,6 +51,7 @@ from torch import Tensor, nn
 from taming_core import AutoencoderLoss, Tokenizer, create_from_spec
 from taming_core.errors import ConfigError
 from taming_core.validation import check_tensor
+from taming_plugins.losses.lpips import PERCEPTUAL_AUTO, PERCEPTUAL_NONE, perceptual_choice
 
 from .artifacts import save_image_grid
 from .config import TokenizerTrainConfig
@@ -58,6 +59,7 @@ from .distributed import (EntryPoint, ShardedDataStream, broadcast_buffers_, bro
                           fast_optimizer_kwargs, maybe_compile, no_sync, use_wrapped, wrap_ddp)
 from .ema import EMA
 from .loop import DataStream
+from .runtime import resolve_bf16
 from .stage1_config import learning_rate
 from .trainer import CHECKPOINT_DIR, IMAGES_DIR, METRICS_FILE, FitResult, Trainer
 
@@ -117,6 +119,13 @@ class TokenizerTrainer(Trainer):
         self._init_runtime(train)
         self.tokenizer: Tokenizer = tokenizer if tokenizer is not None else \
             build_component("tokenizer", self.config.tokenizer)
+        #: What the perceptual term is, when the config said ``auto``/``none`` (else None).
+        self.perceptual_note: Optional[str] = None
+        if loss is None and self.config.loss.get("perceptual") in (PERCEPTUAL_AUTO, PERCEPTUAL_NONE):
+            # resolved once: the run config (and so every checkpoint and --resume) keeps the choice made
+            spec, self.perceptual_note = perceptual_choice(self.config.loss["perceptual"])
+            self.config.loss["perceptual"] = spec
+            log.info("perceptual loss: %s", self.perceptual_note)
         self.loss: AutoencoderLoss = loss if loss is not None else build_loss(self.config.loss)
         self.tokenizer.to(self.device).train()
         self.loss.to(self.device).train()
@@ -144,7 +153,10 @@ class TokenizerTrainer(Trainer):
         self.ema = EMA(self.tokenizer, float(optim.ema_decay)) if optim.ema_decay else None
         self.accumulate = int(optim.accumulate_grad_batches)
         self.grad_clip = optim.grad_clip
-        self.bf16 = bool(optim.bf16)
+        self.bf16, why = resolve_bf16(optim.bf16, self.device)
+        if optim.bf16 == "auto":
+            optim.bf16 = self.bf16  # the run config (checkpoints, --resume) keeps the choice made
+            log.info("bf16 autocast: %s (%s)", "on" if self.bf16 else "off", why)
         self.stream = ShardedDataStream(self._dataset("train"), int(data.batch_size), rank=self.rank,
                                         world_size=self.world_size, seed=int(train.seed),
                                         num_workers=int(data.num_workers))
@@ -153,8 +165,11 @@ class TokenizerTrainer(Trainer):
         if self.last_layer is None:
             log.warning("%s declares no last_layer: the adaptive GAN weight falls back to the loss's "
                         "fixed disc_weight", type(self.tokenizer).__name__)
-        log.info("stage-1 trainer: lr %.3g (rule: accumulate %d × world %d × batch %d × base %.3g)",
-                 self.lr, self.accumulate, self.world_size, data.batch_size, optim.base_learning_rate)
+        if optim.learning_rate is not None:
+            log.info("stage-1 trainer: lr %.3g (optim.learning_rate)", self.lr)
+        else:
+            log.info("stage-1 trainer: lr %.3g (rule: accumulate %d × world %d × batch %d × base %.3g)",
+                     self.lr, self.accumulate, self.world_size, data.batch_size, optim.base_learning_rate)
 
     # ------------------------------------------------------------------ data
     def _dataset(self, split: str) -> Any:

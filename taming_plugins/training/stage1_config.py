@@ -12,7 +12,10 @@ optional except ``tokenizer`` (defaults below)::
     loss:                 # any registered AutoencoderLoss (kind autoencoder_loss)
       name: vqgan
       disc_start: 0
-      perceptual: {name: lpips}       # or null; {name: lpips, allow_random_backbone: true} offline
+      perceptual: {name: lpips}       # or null; auto: lpips when VGG16's weights are on disk, else
+                                      # none (the run stores the choice); {name: lpips,
+                                      # allow_random_backbone: true} for tests offline
+      pixel_loss: l1                  # or mse (squared error: what PSNR measures)
       discriminator: {name: patchgan}
       gan_objective: hinge            # hinge | vanilla | non_saturating
     data:

@@ -55,7 +55,7 @@ from taming_plugins.conditioning.transforms import drop_condition, random_replac
 from .artifacts import PipelineAfterCheckpoint, load_frozen_tokenizer, save_image_grid
 from .checkpoint import CheckpointManager
 from .config import PriorTrainConfig
-from .runtime import seed_everything
+from .runtime import resolve_bf16, seed_everything
 from .distributed import (EntryPoint, ShardedDataStream, main_process_first, maybe_compile,
                           with_fast_kernels, wrap_ddp)
 from .token_cache import TokenCache, build_token_cache
@@ -144,8 +144,18 @@ class PriorTrainer(Trainer):
         self.layout = VocabLayout(self.tokenizer.vocab_size, self.conditioner.vocab_size, train.cond_offset)
         self.cond_len = int(self.cache.cond.shape[1]) if self.cache.cond is not None else 0
         self.seq_len = self.cond_len + int(self.cache.tokens.shape[1])
+        #: The null condition as prior ids (Long 1×L) for classifier-free guidance, or None
+        #: when the conditioner has none; samplers and the run's pipeline guide with it.
+        self.null_prefix: Optional[Tensor] = None
+        if self.conditioner.null_id is not None and self.cache.cond is not None and self.cond_len > 0:
+            example = self.cache.batch([0])[1]
+            self.null_prefix = self.layout.cond_to_prior(self.conditioner.null_condition(example))
         seed_everything(int(train.seed))  # the prior's initial weights depend on the seed only
         self.prior = self._build_prior().to(self.device)
+        self.bf16, why = resolve_bf16(cfg.optim.bf16, self.device)
+        if cfg.optim.bf16 == "auto":
+            cfg.optim.bf16 = self.bf16  # the run config (checkpoints, --resume) keeps the choice made
+            log.info("bf16 autocast: %s (%s)", "on" if self.bf16 else "off", why)
         self.optim_warmup = int(cfg.optim.warmup_steps)
         self.optim_decay = str(cfg.optim.lr_decay)
         self.optim_total_steps = int(cfg.train.steps)
@@ -212,7 +222,8 @@ class PriorTrainer(Trainer):
         prior_cfg.pop("kind", None)
         return {"stage2": self.config.to_dict(), "prior": prior_cfg, "layout": self.layout.to_dict(),
                 "grid": list(self.cache.grid), "cond_len": self.cond_len,
-                "conditioner": self._conditioner_spec, "tokenizer": self.config.tokenizer}
+                "conditioner": self._conditioner_spec, "tokenizer": self.config.tokenizer,
+                "null_prefix": None if self.null_prefix is None else self.null_prefix.tolist()}
 
     # ------------------------------------------------------------------ training
     def batches(self) -> Iterator[tuple[Tensor, Tensor]]:
@@ -237,7 +248,7 @@ class PriorTrainer(Trainer):
         if train and cfg.pkeep < 1:
             inputs = random_replace(tokens, cfg.pkeep, self.layout.prior_vocab_size, generator=generator)
         condition = self.layout.cond_to_prior(cond) if self.cond_len else None
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.optim.bf16)
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
         with autocast:
             return self.model(tokens, condition, generator=generator, inputs=inputs)  # DDP under torchrun
 
@@ -270,8 +281,8 @@ class PriorTrainer(Trainer):
         if "vocab_limit" in accepted and spec.get("vocab_limit") is None:
             spec["vocab_limit"] = image_vocab
         guided = spec.get("guidance_scale", 1.0) != 1.0
-        if guided and spec.get("null_condition") is None and self.conditioner.null_id is not None:
-            spec["null_condition"] = self.layout.cond_to_prior(self.conditioner.null_condition(cond[:1]))
+        if guided and spec.get("null_condition") is None and self.null_prefix is not None:
+            spec["null_condition"] = self.null_prefix.to(cond.device)
         if isinstance(spec.get("top_k"), int):
             spec["top_k"] = min(spec["top_k"], image_vocab)
         return create("sampler", name, **spec)

@@ -2,9 +2,13 @@
 
 Usage::
 
-    taming train-tokenizer --config tok.yaml --data my_photos/ --image-size 32 --out runs/tok
-    taming train-tokenizer --out runs/tok --resume --steps 4000     # the stored run config
+    taming train-tokenizer --data my_photos/ --out runs/tok          # the packaged default config
+    taming train-tokenizer --config tok.yaml --data my_photos/ --image-size 64 --out runs/tok
+    taming train-tokenizer --print-config > tok.yaml                 # start your own from the default
+    taming train-tokenizer --out runs/tok --resume --steps 4000      # the stored run config
 
+Without ``--config`` the run config is ``taming_plugins/configs/tokenizer.yaml``: a small
+VQGAN (f4, 256 codes) for 32×32 crops, 2000 steps, which trains on a CPU in minutes.
 ``--resume`` continues the run in ``--out`` with the configuration stored in its
 checkpoint (data, batch, architecture): ``--config`` is then optional, and flags that
 contradict the stored run are refused by name (``--steps`` may extend it). An image
@@ -15,11 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 from taming_plugins.cli.common import (add_device_flag, add_run_flags, add_seed_flag, apply_run_overrides,
                                       resume_option)
 
+#: The packaged run config used without ``--config`` (in ``taming_plugins/configs``).
+DEFAULT_CONFIG = "tokenizer.yaml"
 #: Command-line flags that override ``(section, key)`` of the run config.
 OVERRIDES = {
     "data": ("data", "train"), "batch_size": ("data", "batch_size"),
@@ -35,7 +42,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "train (see taming_plugins.training.config, docs/training.md); flags override it. Writes "
         "checkpoints/, metrics.jsonl and images/ to train.out.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="run config file (YAML or JSON); optional with --resume")
+    p.add_argument("--config", help="run config file (YAML or JSON); default: the packaged "
+                   f"{DEFAULT_CONFIG} (a small f4 VQGAN for 32-px crops), or the stored one with --resume")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the run config these flags give (YAML) and exit without training")
     p.add_argument("--data", help="'photos', 'fashion-mnist' or an image folder (data.train)")
     p.add_argument("--steps", type=int, help="optimizer steps (train.steps)")
     p.add_argument("--batch-size", type=int, help="images per micro-batch (data.batch_size)")
@@ -68,16 +78,35 @@ def _describe_data(trainer: Any) -> str:
             f"{trainer.config.train.steps} steps of batch {data.batch_size}")
 
 
+def default_config_path() -> Path:
+    """The packaged default run config (``taming_plugins/configs/tokenizer.yaml``)."""
+    from importlib import resources
+
+    return Path(str(resources.files("taming_plugins.configs").joinpath(DEFAULT_CONFIG)))
+
+
 def run(args: argparse.Namespace) -> int:
     from taming_core.config import load_config
+    from taming_plugins.training.config import TokenizerTrainConfig
     from taming_plugins.training.stage1 import TokenizerTrainer
 
-    if args.config is None and args.resume is None:
-        args._parser.error("--config is required (it is optional only with --resume)")
-    given = apply_run_overrides(load_config(args.config) if args.config else {}, args, OVERRIDES)
+    packaged = args.config is None and args.resume is None
+    source = default_config_path() if packaged else args.config
+    given = apply_run_overrides(load_config(source) if source else {}, args, OVERRIDES)
+    if packaged:  # the default's GAN term starts half-way, also when --steps changes the length
+        given["loss"]["disc_start"] = int(given["train"]["steps"]) // 2
     config = _resumed(args, given) if args.resume is not None else given
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(TokenizerTrainConfig.from_dict(config).to_dict(), sort_keys=False), end="")
+        return 0
     trainer = TokenizerTrainer(config)
     if trainer.is_main_process:
+        if packaged:
+            print(f"train-tokenizer: no --config: the packaged default {DEFAULT_CONFIG} (a small f4 VQGAN, "
+                  f"{trainer.tokenizer.vocab_size} codes, GAN term from step {given['loss']['disc_start']}; "
+                  f"--print-config shows it)")
         print(_describe_data(trainer))
     result = trainer.fit(resume=resume_option(args), overwrite=args.overwrite)
     summary = {"step": result.step, "out": str(result.out),
