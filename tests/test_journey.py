@@ -373,3 +373,20 @@ def test_train_tokenizer_without_config_uses_the_packaged_default(folders, tmp_p
     stored = json.loads((ckpt / "config.json").read_text())
     assert stored["loss"]["perceptual"] in (None, {"name": "lpips"})
     assert stored["optim"]["bf16"] in (True, False)  # "auto" resolved on this machine
+
+
+def test_a_folder_named_like_a_bundled_dataset_is_not_silently_replaced(tmp_path, monkeypatch):
+    (tmp_path / "photos").mkdir()
+    Image.new("RGB", (20, 20)).save(tmp_path / "photos" / "a.png")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(taming_core.ValidationError, match=r"'photos' is ambiguous: .* write \./photos"):
+        get_dataset("photos", 16)
+    assert isinstance(get_dataset("./photos", 16, split="all"), ImageFolder)
+
+
+def test_eval_crops_per_image_on_a_bundled_dataset_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:  # before any model is loaded
+        main(["eval", "--tokenizer", str(tmp_path / "none"), "--data", "photos", "--crops-per-image", "4",
+              "--metrics", "psnr", "--out", str(tmp_path / "ev")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "--crops-per-image applies to image folders, not the bundled 'photos'" in err

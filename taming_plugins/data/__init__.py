@@ -33,6 +33,10 @@ def get_dataset(spec: Union[str, os.PathLike], size: int, *, split: str = "train
     default ``"auto"`` for a folder's training split, ``return_labels``, ``holdout``).
     """
     name = str(spec)
+    if name in BUILTIN_DATASETS and Path(name).is_dir():
+        raise ValidationError(f"dataset {name!r} is ambiguous: it names the bundled dataset and the folder "
+                              f"./{name} here; write ./{name} (or its full path) for the folder, or run from "
+                              f"another directory for the bundled one")
     if split == "all" and name in BUILTIN_DATASETS:
         split = "val"  # the built-in sets evaluate on their held-out part
     if name == "photos":

@@ -108,15 +108,12 @@ def _metrics(args: argparse.Namespace) -> tuple[str, ...]:
 
 def _dataset(spec: str, size: int, num_images: int, split: str = "val",
              crops_per_image: Any = None) -> Any:
-    from taming_plugins.data import ImageFolder, get_dataset
+    from taming_plugins.data import get_dataset
 
     kwargs: dict[str, Any] = {"length": num_images} if spec == "photos" else {}
     if crops_per_image is not None:
         kwargs["crops_per_image"] = crops_per_image
-    dataset = get_dataset(spec, size, split=split, **kwargs)
-    if crops_per_image is not None and not isinstance(dataset, ImageFolder):
-        raise ValueError(f"--crops-per-image applies to image folders, not {spec!r}")
-    return dataset
+    return get_dataset(spec, size, split=split, **kwargs)
 
 
 def default_size(model: Any, source: str) -> tuple[int, str]:
@@ -159,6 +156,11 @@ def run(args: argparse.Namespace) -> int:
             parser.error(f"--{flag.replace('_', '-')} must be > 0, got {getattr(args, flag)}")
     if args.feature_size is not None and args.feature_size <= 0:
         parser.error(f"--feature-size must be > 0, got {args.feature_size}")
+    from taming_plugins.data import BUILTIN_DATASETS
+
+    if args.crops_per_image is not None and str(args.data) in BUILTIN_DATASETS:
+        parser.error(f"--crops-per-image applies to image folders, not the bundled {args.data!r} "
+                     "(give --num-images for more of its crops)")
     from taming_core.errors import ValidationError
 
     try:
