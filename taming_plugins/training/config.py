@@ -147,6 +147,16 @@ class DataConfig(Section):
 
 
 @dataclass
+class PriorDataConfig(DataConfig):
+    """Stage-2 ``data``: the keys of :class:`DataConfig` with a default batch of 16 token
+    sequences (stage 1's 4 images is a small batch for a prior; 16 is the demo prior's
+    batch: held-out perplexity 195.5 vs 193.2 at 32 in half the CPU time,
+    docs/benchmarks.md "Demo quality", round 3)."""
+
+    batch_size: int = 16
+
+
+@dataclass
 class OptimConfig(Section):
     """``optim``: keys both stages share.
 
@@ -469,11 +479,11 @@ class PriorTrainConfig(RunConfig):
     prior: dict[str, Any] = field(default_factory=lambda: copy.deepcopy(DEFAULT_PRIOR))
     conditioner: dict[str, Any] = field(default_factory=lambda: {"name": "sos"})
     sampler: Optional[dict[str, Any]] = None
-    data: DataConfig = field(default_factory=DataConfig)
+    data: PriorDataConfig = field(default_factory=PriorDataConfig)
     optim: PriorOptimConfig = field(default_factory=PriorOptimConfig)
     train: PriorTrainSection = field(default_factory=PriorTrainSection)
 
-    SECTIONS: ClassVar[dict[str, Any]] = {"data": DataConfig, "optim": PriorOptimConfig,
+    SECTIONS: ClassVar[dict[str, Any]] = {"data": PriorDataConfig, "optim": PriorOptimConfig,
                                           "train": PriorTrainSection}
     STAGE: ClassVar[str] = "stage-2"
 
@@ -493,7 +503,7 @@ class PriorTrainConfig(RunConfig):
         self.prior = prior if prior is not None else copy.deepcopy(DEFAULT_PRIOR)
         self.conditioner = conditioner if conditioner is not None else {"name": "sos"}
         self.sampler = sampler
-        self.data = data if data is not None else DataConfig()
+        self.data = data if data is not None else PriorDataConfig()
         self.optim = optim if optim is not None else PriorOptimConfig()
         self.train = train if train is not None else PriorTrainSection()
 
