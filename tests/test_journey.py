@@ -277,7 +277,8 @@ def test_demo_thread_choice_is_said(monkeypatch):
     from taming_plugins.demo import AUTO_MAX_THREADS, choose_threads, resolve_demo_config
 
     assert choose_threads(3) == (3, "from the config")
-    assert resolve_demo_config()["threads"] == "auto"
+    assert resolve_demo_config()["threads"] == 1  # reproducible figures; "auto" on request
+    assert resolve_demo_config(threads="auto")["threads"] == "auto"
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     monkeypatch.setattr(os, "getloadavg", lambda: (1.2, 1.0, 1.0))  # another process holds a core
     assert choose_threads("auto") == (1, "auto: 2 CPU cores, load average 1.2")

@@ -37,8 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"training crop size in pixels, a multiple of 4 (default {d['image_size']})")
     p.add_argument("--data", metavar="SPEC",
                    help=f"'photos', 'fashion-mnist' or an image folder (default {d['data']})")
-    p.add_argument("--threads", type=int, metavar="N", help=f"torch CPU threads (default {d['threads']}: "
-                   "the cores other processes leave free; the choice is printed)")
+    p.add_argument("--threads", type=int, metavar="N", help=f"torch CPU threads (default {d['threads']}: the "
+                   "figures depend on the thread count; `threads: auto` in a --config takes the cores other "
+                   "processes leave free; the choice is printed)")
     p.add_argument("--seed", type=int, default=None, metavar="N", help=f"random seed (default {d['seed']})")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_device_flag(p)
