@@ -59,7 +59,6 @@ from .distributed import (EntryPoint, ShardedDataStream, broadcast_buffers_, bro
                           fast_optimizer_kwargs, maybe_compile, no_sync, use_wrapped, wrap_ddp)
 from .ema import EMA
 from .loop import DataStream
-from .runtime import resolve_bf16
 from .stage1_config import learning_rate
 from .trainer import CHECKPOINT_DIR, IMAGES_DIR, METRICS_FILE, FitResult, Trainer
 
@@ -153,10 +152,7 @@ class TokenizerTrainer(Trainer):
         self.ema = EMA(self.tokenizer, float(optim.ema_decay)) if optim.ema_decay else None
         self.accumulate = int(optim.accumulate_grad_batches)
         self.grad_clip = optim.grad_clip
-        self.bf16, why = resolve_bf16(optim.bf16, self.device)
-        if optim.bf16 == "auto":
-            optim.bf16 = self.bf16  # the run config (checkpoints, --resume) keeps the choice made
-            log.info("bf16 autocast: %s (%s)", "on" if self.bf16 else "off", why)
+        self.bf16 = self._init_bf16(optim)
         self.stream = ShardedDataStream(self._dataset("train"), int(data.batch_size), rank=self.rank,
                                         world_size=self.world_size, seed=int(train.seed),
                                         num_workers=int(data.num_workers))

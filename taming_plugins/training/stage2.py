@@ -55,7 +55,7 @@ from taming_plugins.conditioning.transforms import drop_condition, random_replac
 from .artifacts import PipelineAfterCheckpoint, load_frozen_tokenizer, save_image_grid
 from .checkpoint import CheckpointManager
 from .config import PriorTrainConfig
-from .runtime import resolve_bf16, seed_everything
+from .runtime import seed_everything
 from .distributed import (EntryPoint, ShardedDataStream, main_process_first, maybe_compile,
                           with_fast_kernels, wrap_ddp)
 from .token_cache import TokenCache, build_token_cache
@@ -152,10 +152,7 @@ class PriorTrainer(Trainer):
             self.null_prefix = self.layout.cond_to_prior(self.conditioner.null_condition(example))
         seed_everything(int(train.seed))  # the prior's initial weights depend on the seed only
         self.prior = self._build_prior().to(self.device)
-        self.bf16, why = resolve_bf16(cfg.optim.bf16, self.device)
-        if cfg.optim.bf16 == "auto":
-            cfg.optim.bf16 = self.bf16  # the run config (checkpoints, --resume) keeps the choice made
-            log.info("bf16 autocast: %s (%s)", "on" if self.bf16 else "off", why)
+        self.bf16 = self._init_bf16(cfg.optim)
         self.optim_warmup = int(cfg.optim.warmup_steps)
         self.optim_decay = str(cfg.optim.lr_decay)
         self.optim_total_steps = int(cfg.train.steps)

@@ -50,7 +50,7 @@ from .distributed import barrier, init_distributed, local_device, reduce_metrics
 from .guard import DivergenceGuard, nonfinite_parameters
 from .loop import Progress
 from .metrics import MetricsLogger
-from .runtime import resolve_device, seed_everything
+from .runtime import resolve_bf16, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +211,16 @@ class Trainer:
         self.rank, self.world_size = self.dist.rank, self.dist.world_size
         self.is_main_process = self.dist.is_main_process
         seed_everything(int(train.seed))
+
+    def _init_bf16(self, optim: Any) -> bool:
+        """Resolve ``optim.bf16`` (true, false or ``"auto"``) for this run's device; an
+        ``"auto"`` is replaced by the choice made, so the run config (checkpoints,
+        ``--resume``) keeps it, and the choice is logged."""
+        on, why = resolve_bf16(optim.bf16, self.device)
+        if optim.bf16 == "auto":
+            optim.bf16 = on
+            log.info("bf16 autocast: %s (%s)", "on" if on else "off", why)
+        return on
 
     def _init_run(self, train: TrainConfig, *, best_metric: Optional[str] = None) -> None:
         """Run directory, checkpoint manager and divergence guard."""
